@@ -1,0 +1,129 @@
+"""TorchServe's entry point: a thin layer between TorchServe's batch and the Predictor.
+
+TorchServe may put several HTTP requests into one call (server-side batching). Each request is
+decoded on its own, all good rows run through the model in one pass, and each request gets its
+own answer and status: a bad request is answered 400 and never fails the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .predictor import Predictor, pick_device
+from .response import error_body, to_csv, to_json
+from .rows import JSON_TYPES, BadRequest, Rows, decode, from_json
+
+log = logging.getLogger(__name__)
+
+CSV_ACCEPT = ("text/csv", "application/csv")
+
+
+def _header(context: Any, idx: int, name: str) -> str | None:
+    """A request header, whatever case the client used."""
+    try:
+        props = context.request_processor[idx].get_request_properties()
+    except (AttributeError, IndexError, TypeError):
+        return None
+    lname = name.lower()
+    for key, value in props.items():
+        if isinstance(key, str) and key.lower() == lname and isinstance(value, str):
+            return value
+    return None
+
+
+def _body(request: dict[str, Any]) -> Any:
+    for key in ("body", "data"):
+        if request.get(key) is not None:
+            return request[key]
+    return None
+
+
+class TabularHandler:
+    """Decodes requests, predicts all good rows of the batch at once, encodes each answer."""
+
+    def __init__(self) -> None:
+        self.predictor: Predictor | None = None
+        self.model_info: dict[str, str] = {}
+
+    def initialize(self, context: Any) -> None:
+        props = context.system_properties
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
+        # One intra-op thread per worker: TorchServe runs several workers side by side and the
+        # model is tiny, so more threads only contend with each other.
+        torch.set_num_threads(int(settings.get("torch_threads", 1)))
+        device = pick_device(props.get("gpu_id"))
+        self.predictor = Predictor(Path(props.get("model_dir") or os.getcwd()), device)
+        manifest = getattr(context, "manifest", None) or {}
+        self.model_info = {
+            "name": str(getattr(context, "model_name", None) or self.predictor.schema.name),
+            "version": str(manifest.get("model", {}).get("modelVersion", "")),
+        }
+        log.info("tabserve handler ready: %s on %s", self.model_info, device)
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        assert self.predictor is not None, "handler used before initialize()"
+        features = self.predictor.features
+        decoded: list[Rows | None] = []
+        answers: list[str | None] = []
+        for idx, request in enumerate(data):
+            try:
+                decoded.append(_decode(_body(request), _header(context, idx, "Content-Type"), features))
+                answers.append(None)
+            except BadRequest as exc:
+                decoded.append(None)
+                answers.append(error_body(400, str(exc)))
+                context.set_response_status(400, "Bad Request", idx)
+                context.set_response_content_type(idx, "application/json")
+
+        # How many requests TorchServe put into this call: observable by clients and tests.
+        for idx in range(len(data)):
+            context.set_response_header(idx, "x-tabserve-batch", str(len(data)))
+        probs = self.predictor.predict_rows(_concat([r for r in decoded if r is not None]))
+        start = 0
+        for idx, rows in enumerate(decoded):
+            if rows is None:
+                continue
+            part = probs[start : start + len(rows)]
+            start += len(rows)
+            if (_header(context, idx, "Accept") or "").split(";")[0].strip() in CSV_ACCEPT:
+                answers[idx] = to_csv(part, rows.errors, self.predictor.classes)
+                context.set_response_content_type(idx, "text/csv")
+            else:
+                answers[idx] = to_json(part, rows.errors, self.predictor.classes, self.model_info)
+                context.set_response_content_type(idx, "application/json")
+        return answers  # type: ignore[return-value]
+
+
+def _decode(body: Any, content_type: str | None, features: tuple[str, ...]) -> Rows:
+    """TorchServe has already parsed application/json bodies (bytes are left when that
+    failed), so a str here is a JSON string value, not text to parse again."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype in JSON_TYPES and not isinstance(body, (bytes, bytearray)):
+        return from_json(body, features)
+    return decode(body, content_type, features)
+
+
+def _concat(parts: list[Rows]) -> Rows:
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return Rows(np.zeros((0, 0)), [])
+    return Rows(np.concatenate([p.values for p in parts]), [e for p in parts for e in p.errors])
+
+
+_handler = TabularHandler()
+
+
+def handle(data: list[dict[str, Any]] | None, context: Any) -> list[str] | None:
+    """TorchServe calls handle(None, context) once to initialise, then once per batch."""
+    if _handler.predictor is None:
+        _handler.initialize(context)
+    if data is None:
+        return None
+    return _handler.handle(data, context)

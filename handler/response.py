@@ -1,0 +1,63 @@
+"""Predictions out: the JSON answer of the online API and the CSV columns of the batch job."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def output_columns(classes: Sequence[str]) -> list[str]:
+    """The columns every engine appends to the input's: label, p_<class>..., error."""
+    return ["label", *(f"p_{c}" for c in classes), "error"]
+
+
+def predictions(
+    probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One entry per row, in order: {"label", "probabilities"} or {"error"}."""
+    labels = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    out: list[dict[str, Any]] = []
+    for p, k, err in zip(probs.tolist(), labels.tolist(), errors):
+        if err is not None:
+            out.append({"error": err})
+        else:
+            out.append({"label": classes[k], "probabilities": dict(zip(classes, p))})
+    return out
+
+
+def to_json(
+    probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str], model: dict[str, str]
+) -> str:
+    return json.dumps(
+        {"predictions": predictions(probs, errors, classes), "model": model},
+        separators=(",", ":"),
+    )
+
+
+def to_csv(
+    probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str], header: bool = True
+) -> str:
+    """label, p_<class>..., error per row; empty label and probabilities where a row failed."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if header:
+        writer.writerow(output_columns(classes))
+    labels = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    blank = [""] * len(classes)
+    for p, k, err in zip(probs.tolist(), labels.tolist(), errors):
+        if err is not None:
+            writer.writerow(["", *blank, err])
+        else:
+            writer.writerow([classes[k], *map(repr, p), ""])
+    return buf.getvalue()
+
+
+def error_body(status: int, message: str) -> str:
+    return json.dumps(
+        {"code": status, "type": "BadRequest" if status == 400 else "Error", "message": message}
+    )

@@ -1,0 +1,121 @@
+"""The TorchServe handler called directly, with TorchServe's own Context object."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tabserve.handler.entry import TabularHandler
+from tabserve.handler.predictor import Predictor
+from tabserve.handler.schema import Schema, SchemaError
+from ts.context import Context, RequestProcessor
+
+from .conftest import IRIS_ROWS, probs_of
+
+
+def make_context(model_dir: Path, headers: list[dict[str, str]]) -> Context:
+    ctx = Context(
+        "iris",
+        str(model_dir),
+        {"model": {"modelVersion": "2.0"}},
+        8,
+        None,
+        "0.12.0",
+        model_yaml_config={"handler": {"torch_threads": 1}},
+    )
+    ctx.request_processor = [RequestProcessor(h) for h in headers]
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def handler(artifacts: Path) -> TabularHandler:
+    h = TabularHandler()
+    h.initialize(make_context(artifacts, []))
+    return h
+
+
+def call(handler: TabularHandler, artifacts: Path, bodies: list, types: list[str], accept=None):
+    headers = [{"Content-Type": t, **({"Accept": accept} if accept else {})} for t in types]
+    ctx = make_context(artifacts, headers)
+    out = handler.handle([{"body": b} for b in bodies], ctx)
+    return out, ctx
+
+
+def test_handler_answers_every_request_of_a_batch_with_its_own_status(handler, artifacts, predictor):
+    bodies = [IRIS_ROWS[:2], b"not json", "5.1,3.5,1.4,0.2\n", {"instances": [IRIS_ROWS[2], [1]]}]
+    types = ["application/json", "application/json", "text/csv", "application/json"]
+    out, ctx = call(handler, artifacts, bodies, types)
+    assert len(out) == 4
+    assert [ctx.get_response_status(i)[0] for i in range(4)] == [200, 400, 200, 200]
+    first = json.loads(out[0])
+    assert first["model"] == {"name": "iris", "version": "2.0"}
+    np.testing.assert_allclose(
+        probs_of(first["predictions"], predictor.classes),
+        predictor.predict_proba(np.array(IRIS_ROWS[:2])),
+        atol=1e-6,
+    )
+    assert json.loads(out[1])["code"] == 400 and "not valid JSON" in json.loads(out[1])["message"]
+    assert json.loads(out[2])["predictions"][0]["label"] == "setosa"
+    last = json.loads(out[3])["predictions"]
+    assert "label" in last[0] and last[1] == {"error": "row 2: expected 4 features, got 1"}
+
+
+def test_handler_answers_csv_when_asked(handler, artifacts, predictor):
+    out, ctx = call(handler, artifacts, ["1,2\n5.1,3.5,1.4,0.2\n"], ["text/csv"], accept="text/csv")
+    lines = list(csv.reader(io.StringIO(out[0])))
+    assert lines[0] == ["label", "p_setosa", "p_versicolor", "p_virginica", "error"]
+    assert lines[1] == ["", "", "", "", "row 1: expected 4 fields, got 2"]
+    label, *p, err = lines[2]
+    assert label == "setosa" and err == ""
+    np.testing.assert_allclose(
+        [float(v) for v in p], predictor.predict_proba(np.array([[5.1, 3.5, 1.4, 0.2]]))[0]
+    )
+    assert ctx.get_response_content_type(0) == "text/csv"
+
+
+def test_probabilities_are_a_softmax_over_the_classes(predictor):
+    p = predictor.predict_proba(np.array(IRIS_ROWS))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    assert (p >= 0).all()
+
+
+def test_weights_that_do_not_match_the_schema_hash_are_refused(artifacts, tmp_path):
+    for f in artifacts.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(weights.read_bytes() + b"x")
+    with pytest.raises(SchemaError, match="does not match the sha256"):
+        Predictor(tmp_path)
+
+
+def test_schema_round_trips_through_json(artifacts):
+    schema = Schema.load(artifacts)
+    assert Schema.from_dict(json.loads(json.dumps(schema.to_dict()))) == schema
+
+
+def test_handler_from_the_unpacked_archive_imports_and_predicts(model_store, tmp_path, predictor):
+    """What TorchServe runs: the .mar unpacked, its entry module on sys.path, no tabserve."""
+    with zipfile.ZipFile(model_store / "iris.mar") as z:
+        z.extractall(tmp_path)
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(tmp_path)!r})
+from ts.context import Context, RequestProcessor
+import tabserve_entry
+ctx = Context("iris", {str(tmp_path)!r}, {{"model": {{"modelVersion": "1.0"}}}}, 1, None, "0.12.0")
+tabserve_entry.handle(None, ctx)
+ctx.request_processor = [RequestProcessor({{"Content-Type": "application/json"}})]
+print(tabserve_entry.handle([{{"body": {IRIS_ROWS!r}}}], ctx)[0])
+assert not any(m == "tabserve" or m.startswith("tabserve.") for m in sys.modules), "imported tabserve"
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got = probs_of(json.loads(proc.stdout)["predictions"], predictor.classes)
+    np.testing.assert_allclose(got, predictor.predict_proba(np.array(IRIS_ROWS)), atol=1e-6)

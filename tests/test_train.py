@@ -1,0 +1,89 @@
+"""Training and export: data checks, determinism, what schema.json holds, no pickle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tabserve.handler.schema import Schema
+from tabserve.train.config import FitConfig
+from tabserve.train.data import DataError, load_builtin, load_csv
+from tabserve.train.export import export
+from tabserve.train.fit import fit
+
+
+def test_same_seed_gives_the_same_weights():
+    data = load_builtin("iris")
+    cfg = FitConfig(epochs=5)
+    a, b = fit(data, cfg).model.state_dict(), fit(data, cfg).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = fit(data, FitConfig(epochs=5, seed=1)).model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_default_settings_reach_095_test_accuracy_on_iris(artifacts: Path):
+    assert Schema.load(artifacts).metrics["test_accuracy"] >= 0.95
+
+
+def test_schema_describes_the_model_completely(artifacts: Path):
+    d = json.loads((artifacts / "schema.json").read_text())
+    assert d["features"] == ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+    assert d["classes"] == ["setosa", "versicolor", "virginica"]
+    assert d["architecture"] == {
+        "inputs": 4,
+        "hidden": [50, 50],
+        "outputs": 3,
+        "activation": "relu",
+        "type": "mlp",
+    }
+    assert len(d["scaler"]["mean"]) == len(d["scaler"]["scale"]) == 4
+    assert set(d["feature_stats"]["petal_width_cm"]) == {"min", "max", "mean", "std"}
+    assert set(d["metrics"]["test_accuracy_per_class"]) == set(d["classes"])
+    assert len(d["training"]["data_sha256"]) == 64 and d["training"]["seed"] == 0
+    assert {"torch", "scikit_learn"} <= set(d["versions"])
+    assert d["metrics"]["train_rows"] == 120 and d["metrics"]["test_rows"] == 30
+
+
+def test_scaler_is_fitted_on_the_training_split_only(artifacts: Path):
+    d = json.loads((artifacts / "schema.json").read_text())
+    full_mean = load_builtin("iris").x.mean(axis=0).tolist()
+    assert d["scaler"]["mean"] != pytest.approx(full_mean, abs=1e-9)
+    assert d["scaler"]["mean"] == pytest.approx([s["mean"] for s in d["feature_stats"].values()])
+
+
+def test_weights_load_with_weights_only(artifacts: Path):
+    state = torch.load(artifacts / "model.pt", weights_only=True)
+    assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight"]
+
+
+def test_csv_training_with_string_labels_and_custom_hidden_layers(tmp_path: Path):
+    data = load_builtin("iris")
+    lines = ["f1,label,f2,f3,f4"]
+    for x, y in zip(data.x, data.y):
+        lines.append(f"{x[0]},{data.classes[y]},{x[1]},{x[2]},{x[3]}")
+    (tmp_path / "flowers.csv").write_text("\n".join(lines) + "\n")
+    ds = load_csv(tmp_path / "flowers.csv", "label")
+    assert ds.features == ("f1", "f2", "f3", "f4") and ds.classes == data.classes
+    cfg = FitConfig(hidden=(8,), epochs=3)
+    schema = export(ds, cfg, fit(ds, cfg), tmp_path / "out")
+    assert schema.architecture.hidden == (8,) and schema.name == "flowers"
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "message"),
+    [
+        ("a,b,y\n1,2,x\n", "label", "target column 'label' not found; columns are a, b, y"),
+        ("a,b,y\n1,zz,p\n", "y", "line 2: feature column 'b' is not numeric: 'zz'"),
+        ("a,y\n" + "1,p\n" * 10 + "2,q\n" * 3, "y", "class(es) 'q' (3) have fewer than 5 rows"),
+        ("a,y\n" + "1,p\n" * 10, "y", "need at least 2 classes, found 1"),
+        ("a,b,y\n1,2\n", "y", "line 2: expected 3 fields, got 2"),
+    ],
+)
+def test_bad_training_csv_is_a_clear_error_before_training(tmp_path, text, target, message):
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as info:
+        load_csv(path, target)
+    assert message in str(info.value)

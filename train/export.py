@@ -1,0 +1,101 @@
+"""Artifacts: weights as a state_dict plus schema.json, written so a reader never sees half."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..handler.model import file_sha256
+from ..handler.schema import SCHEMA_FILE, WEIGHTS_FILE, Schema
+from .config import FitConfig
+from .data import Dataset
+from .fit import FitResult
+
+
+def feature_stats(data: Dataset, rows: np.ndarray) -> dict[str, dict[str, float]]:
+    x = data.x[rows]
+    return {
+        name: {
+            "min": float(x[:, j].min()),
+            "max": float(x[:, j].max()),
+            "mean": float(x[:, j].mean()),
+            "std": float(x[:, j].std()),
+        }
+        for j, name in enumerate(data.features)
+    }
+
+
+def _tabserve_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tabserve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_schema(data: Dataset, config: FitConfig, result: FitResult, weights_sha256: str) -> Schema:
+    import sklearn
+
+    return Schema(
+        name=data.name,
+        features=data.features,
+        classes=data.classes,
+        architecture=result.architecture,
+        scaler_mean=tuple(float(v) for v in result.scaler_mean),
+        scaler_scale=tuple(float(v) for v in result.scaler_scale),
+        weights_file=WEIGHTS_FILE,
+        weights_sha256=weights_sha256,
+        feature_stats=feature_stats(data, result.train_index),
+        metrics=result.metrics,
+        training={
+            "source": data.source,
+            "rows": int(len(data.y)),
+            "data_sha256": data.sha256(),
+            "seed": config.seed,
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "test_size": config.test_size,
+            "optimizer": "adam",
+            "loss": "cross_entropy_on_logits",
+        },
+        versions={
+            "tabserve": _tabserve_version(),
+            "torch": torch.__version__,
+            "scikit_learn": sklearn.__version__,
+            "numpy": np.__version__,
+        },
+    )
+
+
+def export(data: Dataset, config: FitConfig, result: FitResult, out: Path) -> Schema:
+    """Write OUT/model.pt and OUT/schema.json. Each file is written beside its final name and
+    renamed into place, the schema last, so a crash never leaves a schema pointing at
+    weights it does not describe."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".pt", dir=out)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        digest = file_sha256(Path(tmp))
+        schema = build_schema(data, config, result, digest)
+        os.replace(tmp, out / WEIGHTS_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".schema-", dir=out))
+    try:
+        schema.save(tmp_dir)
+        os.replace(tmp_dir / SCHEMA_FILE, out / SCHEMA_FILE)
+    finally:
+        for p in tmp_dir.glob("*"):
+            p.unlink()
+        tmp_dir.rmdir()
+    return schema
