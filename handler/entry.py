@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .predictor import Predictor, pick_device
@@ -22,6 +21,9 @@ from .rows import JSON_TYPES, BadRequest, Rows, decode, from_json
 log = logging.getLogger(__name__)
 
 CSV_ACCEPT = ("text/csv", "application/csv")
+# The batch scorer sends a file in chunks; this header numbers a chunk's first row so that
+# error messages name the row of the file, not of the chunk.
+FIRST_ROW_HEADER = "X-Tabserve-First-Row"
 
 
 def _header(context: Any, idx: int, name: str) -> str | None:
@@ -69,52 +71,50 @@ class TabularHandler:
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         assert self.predictor is not None, "handler used before initialize()"
         features = self.predictor.features
-        decoded: list[Rows | None] = []
-        answers: list[str | None] = []
+        answers: list[str] = []
         for idx, request in enumerate(data):
+            # How many requests TorchServe put into this call: observable by clients and tests.
+            context.set_response_header(idx, "x-tabserve-batch", str(len(data)))
             try:
-                decoded.append(_decode(_body(request), _header(context, idx, "Content-Type"), features))
-                answers.append(None)
+                rows = _decode(
+                    _body(request),
+                    _header(context, idx, "Content-Type"),
+                    features,
+                    _first_row(_header(context, idx, FIRST_ROW_HEADER)),
+                )
             except BadRequest as exc:
-                decoded.append(None)
                 answers.append(error_body(400, str(exc)))
                 context.set_response_status(400, "Bad Request", idx)
                 context.set_response_content_type(idx, "application/json")
-
-        # How many requests TorchServe put into this call: observable by clients and tests.
-        for idx in range(len(data)):
-            context.set_response_header(idx, "x-tabserve-batch", str(len(data)))
-        probs = self.predictor.predict_rows(_concat([r for r in decoded if r is not None]))
-        start = 0
-        for idx, rows in enumerate(decoded):
-            if rows is None:
                 continue
-            part = probs[start : start + len(rows)]
-            start += len(rows)
+            # One model pass per request, not one for the whole batch: a float32 matmul's
+            # last bits depend on a row's position in the batch, so this keeps each answer a
+            # function of its own request only. The same chunk always gets the same bytes back
+            # (a resumed batch job is byte-identical), whatever TorchServe batched it with.
+            probs = self.predictor.predict_rows(rows)
             if (_header(context, idx, "Accept") or "").split(";")[0].strip() in CSV_ACCEPT:
-                answers[idx] = to_csv(part, rows.errors, self.predictor.classes)
+                answers.append(to_csv(probs, rows.errors, self.predictor.classes))
                 context.set_response_content_type(idx, "text/csv")
             else:
-                answers[idx] = to_json(part, rows.errors, self.predictor.classes, self.model_info)
+                answers.append(to_json(probs, rows.errors, self.predictor.classes, self.model_info))
                 context.set_response_content_type(idx, "application/json")
-        return answers  # type: ignore[return-value]
+        return answers
 
 
-def _decode(body: Any, content_type: str | None, features: tuple[str, ...]) -> Rows:
+def _first_row(value: str | None) -> int:
+    try:
+        return max(1, int(value)) if value else 1
+    except ValueError:
+        return 1
+
+
+def _decode(body: Any, content_type: str | None, features: tuple[str, ...], first_row: int = 1) -> Rows:
     """TorchServe has already parsed application/json bodies (bytes are left when that
     failed), so a str here is a JSON string value, not text to parse again."""
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype in JSON_TYPES and not isinstance(body, (bytes, bytearray)):
-        return from_json(body, features)
-    return decode(body, content_type, features)
-
-
-def _concat(parts: list[Rows]) -> Rows:
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return Rows(np.zeros((0, 0)), [])
-    return Rows(np.concatenate([p.values for p in parts]), [e for p in parts for e in p.errors])
+        return from_json(body, features, first_row)
+    return decode(body, content_type, features, first_row)
 
 
 _handler = TabularHandler()

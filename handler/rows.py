@@ -172,9 +172,9 @@ def from_csv(text: str, features: Sequence[str], first_row: int = 1, header: boo
             )
         index = [names.index(f) for f in features]
         width = len(names)
+        # A header and no rows is a valid request for zero predictions (the batch scorer
+        # sends one to check a file's columns before it sends any data).
         records = records[1:]
-        if not records:
-            raise BadRequest(f"CSV has a header but no rows; {expected_forms(features)}")
     else:
         index = list(range(len(features)))
         width = len(features)

@@ -174,6 +174,41 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- score ------------------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .scorer import ScoreConfig, score
+
+    config = ScoreConfig(
+        input=args.input,
+        output=args.output,
+        url=args.url,
+        model=args.model,
+        token=args.token,
+        token_file=Path(args.token_file) if args.token_file else None,
+        model_store=Path(args.model_store),
+        chunk_rows=args.chunk_rows,
+        concurrency=args.concurrency,
+        resume=args.resume,
+        max_errors=args.max_errors,
+        config_file=Path(args.config),
+        retries=args.retries,
+    )
+    # SIGTERM (a container stop, a job runner's timeout) ends the job like Ctrl-C: the
+    # embedded server is stopped and the partial output kept for --resume.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    result = score(config)
+    print(result.summary(), file=sys.stderr if config.output == "-" else sys.stdout)
+    if result.errors:
+        print(f"{result.errors:,} rows have errors: see the error column", file=sys.stderr)
+    return result.exit_code
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -261,6 +296,48 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stop", help="stop TorchServe started by tabserve serve from this directory")
     st.add_argument("--port", type=int, action="append", help="only the server on this port")
     st.set_defaults(func=cmd_stop)
+
+    sc = sub.add_parser("score", help="score a CSV file: every row in, every row out with predictions")
+    sc.add_argument("input", help="CSV with a header; - for stdin; .gz is decompressed")
+    sc.add_argument("-o", "--output", required=True, help="output CSV; - for stdout; .gz compresses")
+    sc.add_argument("--url", default=env("URL"), help="a running TorchServe (default: start one)")
+    sc.add_argument("--model", default=env("MODEL"), help="model name (default: the store's only one)")
+    sc.add_argument("--token", default=env("TOKEN"), help="inference token for --url")
+    sc.add_argument(
+        "--token-file",
+        default=env("TOKEN_FILE"),
+        help="file with the token (TorchServe's key_file.json or the bare token), "
+        "read again when the server rejects the token",
+    )
+    sc.add_argument("--model-store", default=env("MODEL_STORE", "model_store"))
+    sc.add_argument(
+        "--chunk-rows", type=int, default=env_int("CHUNK_ROWS", 2000), help="rows per request (default 2000)"
+    )
+    sc.add_argument(
+        "--concurrency",
+        type=int,
+        default=env_int("CONCURRENCY", None),
+        help="requests in flight (default: 2 per CPU core)",
+    )
+    sc.add_argument("--resume", action="store_true", help="continue an interrupted job")
+    sc.add_argument(
+        "--retries",
+        type=int,
+        default=env_int("RETRIES", 8),
+        help="retries per chunk on connection errors and 5xx, with exponential backoff",
+    )
+    sc.add_argument(
+        "--max-errors",
+        type=int,
+        default=env_int("MAX_ERRORS", None),
+        help="stop once this many rows have failed",
+    )
+    sc.add_argument(
+        "--config",
+        default=env("CONFIG", str(_default_config())),
+        help="base TorchServe config.properties for the embedded server",
+    )
+    sc.set_defaults(func=cmd_score)
 
     tk = sub.add_parser("token", help="print the inference token of a running server")
     tk.add_argument("--port", type=int, default=env_int("PORT", 8080))

@@ -21,7 +21,9 @@ class Progress:
         self._last = 0.0
         self._drawn = False
 
-    def update(self, done: int, note: str = "") -> None:
+    def update(self, done: int, note: str = "", fraction: float | None = None) -> None:
+        """`done` units so far; `fraction` of the work done when it is not done/total
+        (the scorer knows bytes read, not the number of rows still to come)."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -30,12 +32,13 @@ class Progress:
         self._last = now
         elapsed = max(now - self.start, 1e-9)
         rate = done / elapsed
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            eta = (self.total - done) / rate if rate > 0 else float("inf")
-            eta_s = f"{eta:5.0f}s" if eta != float("inf") else "    ?"
-            line = f"[{bar:<30}] {done:,}/{self.total:,} {self.unit} {rate:,.0f}/s ETA {eta_s}"
+        if fraction is None and self.total:
+            fraction = done / self.total
+        if fraction is not None:
+            frac = min(max(fraction, 0.0), 1.0)
+            eta = elapsed * (1 - frac) / frac if frac > 0 else float("inf")
+            eta_s = f"{eta:.0f}s" if eta != float("inf") else "?"
+            line = f"[{'#' * int(frac * 30):<30}] {frac:4.0%} {done:,} {self.unit} {rate:,.0f}/s ETA {eta_s}"
         else:
             line = f"{done:,} {self.unit} {rate:,.0f}/s {elapsed:.0f}s"
         if note:

@@ -51,6 +51,9 @@ class ServeConfig:
     run_dir: Path | None = None  # None: .tabserve/run/<port>
     startup_timeout: float = 180.0
     extra_properties: dict[str, str] = field(default_factory=dict)
+    # Stop the server when this process dies, even by SIGKILL (the batch scorer's embedded
+    # server); a server from `tabserve serve` outlives the command that started it.
+    tied_to_owner: bool = False
 
     @property
     def ports(self) -> tuple[int, int, int]:
@@ -224,6 +227,14 @@ class TorchServe:
                 start_new_session=True,
             )
         self._write_state()
+        if self.config.tied_to_owner:
+            subprocess.Popen(
+                [sys.executable, "-m", "tabserve.watchdog", str(os.getpid()), str(self.process.pid)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             self.wait_ready()
         except BaseException:

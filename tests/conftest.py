@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+
+from tabserve.archive import ArchiveConfig, archive
 from tabserve.handler.predictor import Predictor
+from tabserve.server import ServeConfig, TorchServe, free_ports
 from tabserve.train.config import FitConfig
 from tabserve.train.data import load_builtin
 from tabserve.train.export import export
 from tabserve.train.fit import fit
-
-from tabserve.archive import ArchiveConfig, archive
-from tabserve.server import ServeConfig, TorchServe, free_ports
 
 IRIS_ROWS = [
     [5.1, 3.5, 1.4, 0.2],

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ts.context import Context, RequestProcessor
+
 from tabserve.handler.entry import TabularHandler
 from tabserve.handler.predictor import Predictor
 from tabserve.handler.schema import Schema, SchemaError
-from ts.context import Context, RequestProcessor
 
 from .conftest import IRIS_ROWS, probs_of
 

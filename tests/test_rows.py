@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tabserve.handler.rows import BadRequest, decode, from_csv, from_json
 
 F = ("a", "b", "c")

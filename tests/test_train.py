@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tabserve.handler.schema import Schema
 from tabserve.train.config import FitConfig
 from tabserve.train.data import DataError, load_builtin, load_csv

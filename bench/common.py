@@ -1,0 +1,123 @@
+"""Shared pieces of the benchmarks: data, the in-process baseline, process measurement."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+
+
+def ensure_model(store: Path = ROOT / "model_store", artifacts: Path = ROOT / "artifacts" / "iris") -> Path:
+    """The Iris model archive, trained and archived with the defaults if missing."""
+    if not (store / "iris.mar").exists():
+        tabserve = [sys.executable, "-m", "tabserve"]
+        subprocess.run([*tabserve, "train", "--out", str(artifacts)], check=True)
+        subprocess.run(
+            [*tabserve, "archive", "--artifacts", str(artifacts), "--model-store", str(store)], check=True
+        )
+    return store
+
+
+def iris_like_csv(path: Path, rows: int, seed: int = 0) -> Path:
+    """An Iris-like CSV with an id column: written once, reused by later runs."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    block = 1_000_000
+    with pacsv.CSVWriter(tmp, pa.schema([("id", pa.int64())] + [(f, pa.float64()) for f in FEATURES])) as w:
+        for start in range(0, rows, block):
+            n = min(block, rows - start)
+            x = (rng.normal(size=(n, 4)) * [0.8, 0.4, 1.7, 0.7] + [5.8, 3.0, 3.7, 1.2]).round(2)
+            cols = [pa.array(np.arange(start, start + n))] + [pa.array(x[:, j]) for j in range(4)]
+            w.write_table(pa.table(cols, names=["id", *FEATURES]))
+    # pyarrow quotes header names; plain names are what users' files have.
+    with open(tmp, "rb") as src, open(path, "wb") as dst:
+        dst.write(src.readline().replace(b'"', b""))
+        while block_bytes := src.read(1 << 24):
+            dst.write(block_bytes)
+    tmp.unlink()
+    return path
+
+
+def in_process_score(inp: Path, out: Path, artifacts: Path) -> float:
+    """The fastest honest CSV-to-CSV job in one process: pyarrow read, numpy scaling, one
+    torch pass per 100,000 rows, pyarrow write. Same output columns as tabserve score.
+    Returns seconds."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import torch
+
+    from tabserve.handler.predictor import Predictor
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(os.cpu_count() or 1)
+    predictor = Predictor(artifacts)
+    table = pacsv.read_csv(inp)
+    x = np.column_stack([table.column(f).to_numpy() for f in predictor.features])
+    probs = np.concatenate([predictor.predict_proba(x[i : i + 100_000]) for i in range(0, len(x), 100_000)])
+    labels = np.asarray(predictor.classes)[probs.argmax(axis=1)]
+    for k, c in enumerate(predictor.classes):
+        table = table.append_column(f"p_{c}", pa.array(probs[:, k]))
+    table = table.add_column(table.num_columns - len(predictor.classes), "label", pa.array(labels))
+    table = table.append_column("error", pa.array([""] * len(x)))
+    pacsv.write_csv(table, out, pacsv.WriteOptions(quoting_style="needed"))
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stdout: str
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Run:
+    """Run a command; wall time and the peak RSS of that process (not its children: the
+    scorer's own memory, without the TorchServe it starts)."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        p = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                peak = max(peak, p.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    stop.set()
+    sampler.join()
+    return Run(time.perf_counter() - t0, peak / 2**20, proc.returncode, out)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

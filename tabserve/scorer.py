@@ -1,0 +1,338 @@
+"""`tabserve score`: a CSV file in, the same rows with predictions out.
+
+Streaming (chunks in flight are bounded, memory does not grow with the file), concurrent
+(chunks go to the engine side by side, the output keeps the input's order), resumable (a
+checkpoint after every written chunk), and nothing lost: one output row per input data row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .csvio import Chunk, OutputFile, RecordReader, chunks, field_count, open_input, parse_header, quote
+from .engines import Engine, TokenSource, TorchServeEngine
+from .errors import ConfigError, TabserveError
+from .progress import Progress
+from .server import DEFAULT_CONFIG, ServeConfig, TorchServe, free_ports
+
+CHECKPOINT_VERSION = 1
+# The embedded server is private (loopback, its own key file, gone when the job ends), so its
+# keys may outlive any job instead of TorchServe's 60 minutes.
+EMBEDDED_TOKEN_MINUTES = 60 * 24 * 365
+
+
+class JobFailed(TabserveError):
+    """The job stopped before the end; its partial output is kept for --resume."""
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """One batch job."""
+
+    input: str
+    output: str
+    url: str | None = None  # None: start an embedded TorchServe from model_store
+    model: str | None = None
+    token: str | None = None
+    token_file: Path | None = None
+    model_store: Path = Path("model_store")
+    chunk_rows: int = 2000
+    concurrency: int | None = None  # None: 2 per CPU core
+    resume: bool = False
+    max_errors: int | None = None
+    config_file: Path = DEFAULT_CONFIG
+    timeout: float = 300.0
+    retries: int = 8
+    progress: bool | None = None  # None: on a terminal only
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows < 1:
+            raise ConfigError("--chunk-rows must be at least 1")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        if self.max_errors is not None and self.max_errors < 1:
+            raise ConfigError("--max-errors must be at least 1")
+        if self.resume and "-" in (self.input, self.output):
+            raise ConfigError("--resume needs a file for both input and output, not - (stdin/stdout)")
+        if self.token and self.token_file:
+            raise ConfigError("give --token or --token-file, not both")
+
+    @property
+    def workers(self) -> int:
+        return self.concurrency or 2 * (os.cpu_count() or 1)
+
+
+@dataclass
+class ScoreResult:
+    rows: int
+    errors: int
+    blank_lines: int
+    seconds: float
+    output: str
+    resumed_rows: int = 0  # rows an earlier, interrupted run had already written
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.errors == 0 else 2
+
+    def summary(self) -> str:
+        rate = (self.rows - self.resumed_rows) / self.seconds if self.seconds > 0 else 0.0
+        blank = f", {self.blank_lines:,} blank lines skipped" if self.blank_lines else ""
+        resumed = f" ({self.resumed_rows:,} of them from the resumed run)" if self.resumed_rows else ""
+        return (
+            f"scored {self.rows:,} rows{resumed}: {self.rows - self.errors:,} ok, {self.errors:,} errors"
+            f"{blank}; {rate:,.0f} rows/s, {self.seconds:.1f} s; wrote {self.output}"
+        )
+
+
+@dataclass
+class Checkpoint:
+    """Where a job stands after its last written chunk; OUTPUT.part.json beside OUTPUT.part."""
+
+    input: str
+    input_size: int
+    input_mtime_ns: int
+    header: str
+    next_index: int
+    next_row: int
+    input_offset: int
+    output_bytes: int
+    rows: int
+    errors: int
+    blank_lines: int
+    version: int = CHECKPOINT_VERSION
+
+    @staticmethod
+    def path_for(output: str) -> Path:
+        return Path(output + ".part.json")
+
+    def save(self, output: str) -> None:
+        path = self.path_for(output)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, output: str) -> Checkpoint | None:
+        path = cls.path_for(output)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != CHECKPOINT_VERSION:
+                return None
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path} is not a tabserve checkpoint: {exc}") from exc
+
+
+def _fingerprint(path: str) -> tuple[int, int]:
+    if path == "-":
+        return (0, 0)
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _embedded_model(config: ScoreConfig) -> str:
+    store = Path(config.model_store)
+    if config.model:
+        return config.model
+    names = sorted(p.stem for p in store.glob("*.mar")) if store.is_dir() else []
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError(f"no .mar archives in {store}; run tabserve archive first, or give --url")
+    raise ConfigError(f"{store} holds several models ({', '.join(names)}): choose one with --model")
+
+
+def start_embedded(config: ScoreConfig, model: str, stack: ExitStack) -> tuple[str, TokenSource]:
+    """A private TorchServe on free loopback ports, stopped when `stack` closes."""
+    run_dir = Path(tempfile.mkdtemp(prefix="tabserve-score-"))
+    stack.callback(shutil.rmtree, run_dir, True)
+    port, mport, xport, g1, g2 = free_ports(5)
+    server = TorchServe(
+        ServeConfig(
+            model_store=Path(config.model_store),
+            models=(model,),
+            port=port,
+            management_port=mport,
+            metrics_port=xport,
+            grpc_ports=(g1, g2),
+            auth=True,
+            config_file=config.config_file,
+            run_dir=run_dir,
+            extra_properties={"token_expiration_min": str(EMBEDDED_TOKEN_MINUTES)},
+            tied_to_owner=True,
+        )
+    )
+    stack.callback(server.stop)
+    server.start()
+    return server.inference_url, TokenSource(token_file=server.key_file)
+
+
+def result_is_error(result: str) -> bool:
+    # The error field is last and empty for a scored row; a non-empty one never ends in ","
+    # (the csv writer quotes a field with a comma).
+    return not result.endswith(",")
+
+
+def format_rows(chunk: Chunk, results: list[str], width: int) -> tuple[str, int]:
+    """The output block of one chunk and its number of failed rows. A record with the
+    wrong number of fields keeps its whole text, quoted, in the first column."""
+    out = []
+    errors = 0
+    pad = "," * (width - 1)
+    for line, result in zip(chunk.lines, results, strict=True):
+        if result_is_error(result):
+            errors += 1
+            if field_count(line) != width:
+                line = quote(line) + pad
+        out.append(line + "," + result + "\n")
+    return "".join(out), errors
+
+
+def score(config: ScoreConfig, engine: Engine | None = None) -> ScoreResult:
+    """Run the job. Raises JobFailed (partial output kept) or another TabserveError."""
+    t0 = time.monotonic()
+    checkpoint = Checkpoint.load(config.output) if config.resume else None
+    size, mtime = _fingerprint(config.input) if config.input != "-" else (0, 0)
+    if config.input != "-" and not os.path.isfile(config.input):
+        raise ConfigError(f"input {config.input} not found")
+
+    with ExitStack() as stack:
+        stream = open_input(config.input)
+        if config.input != "-":
+            stack.callback(stream.close)
+        reader = RecordReader(stream)
+        header = reader.header()
+        width = len(parse_header(header))
+
+        if engine is None:
+            if config.url:
+                tokens = TokenSource(config.token, config.token_file)
+                engine = TorchServeEngine(
+                    config.url, config.model or "", tokens, config.timeout, config.retries
+                )
+                if not config.model:
+                    raise ConfigError("--url needs --model NAME")
+            else:
+                model = _embedded_model(config)
+                url, tokens = start_embedded(config, model, stack)
+                engine = TorchServeEngine(url, model, tokens, config.timeout, config.retries)
+        columns = engine.probe(header)
+
+        next_index, next_row, rows, errors, blanks = 0, 1, 0, 0, 0
+        resume_bytes = None
+        if checkpoint is not None:
+            if (checkpoint.input, checkpoint.input_size, checkpoint.input_mtime_ns, checkpoint.header) != (
+                config.input,
+                size,
+                mtime,
+                header,
+            ):
+                raise ConfigError(
+                    f"cannot resume: {config.input} changed since the checkpoint "
+                    f"{Checkpoint.path_for(config.output)} was written; run again without --resume"
+                )
+            part = Path(config.output + ".part")
+            if not part.is_file() or part.stat().st_size < checkpoint.output_bytes:
+                raise ConfigError(f"cannot resume: {part} is missing or shorter than its checkpoint")
+            _skip_to(stream, reader, checkpoint.input_offset, config.input)
+            next_index, next_row = checkpoint.next_index, checkpoint.next_row
+            rows, errors, blanks = checkpoint.rows, checkpoint.errors, checkpoint.blank_lines
+            resume_bytes = checkpoint.output_bytes
+
+        out = OutputFile(config.output, resume_bytes)
+        if resume_bytes is None:
+            out.write_block(header + "," + ",".join(map(quote, columns)) + "\n")
+        bar = Progress(None, "rows", enabled=config.progress)
+        sized = bool(size) and not config.input.endswith(".gz")
+        done_ok = False
+        try:
+            pool = ThreadPoolExecutor(config.workers, thread_name_prefix="tabserve-score")
+            stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+            inflight: deque[tuple[Chunk, Future[list[str]]]] = deque()
+
+            def write_oldest() -> None:
+                nonlocal rows, errors, blanks
+                chunk, future = inflight.popleft()
+                block, failed = format_rows(chunk, future.result(), width)
+                written = out.write_block(block)
+                rows += len(chunk.lines)
+                errors += failed
+                blanks += chunk.blank_lines
+                if out.part is not None:
+                    Checkpoint(
+                        config.input,
+                        size,
+                        mtime,
+                        header,
+                        chunk.index + 1,
+                        chunk.first_row + len(chunk.lines),
+                        chunk.end_offset,
+                        written,
+                        rows,
+                        errors,
+                        blanks,
+                    ).save(config.output)
+                bar.update(rows, fraction=chunk.end_offset / size if sized else None)
+                if config.max_errors is not None and errors >= config.max_errors:
+                    raise JobFailed(
+                        f"stopped after {rows:,} rows: {errors:,} rows failed (--max-errors "
+                        f"{config.max_errors}); the rows so far are in {out.part or 'stdout'}"
+                    )
+
+            for chunk in chunks(reader, config.chunk_rows, next_row, next_index):
+                inflight.append((chunk, pool.submit(engine.score, header, chunk.lines, chunk.first_row)))
+                while len(inflight) >= 2 * config.workers:
+                    write_oldest()
+            while inflight:
+                write_oldest()
+            bar.close()
+            out.commit()
+            Checkpoint.path_for(config.output).unlink(missing_ok=True)
+            done_ok = True
+        except JobFailed:
+            raise
+        except TabserveError as exc:
+            raise JobFailed(f"{exc}\n{_how_to_resume(config, rows)}") from exc
+        except KeyboardInterrupt:
+            raise JobFailed(f"interrupted\n{_how_to_resume(config, rows)}") from None
+        finally:
+            bar.close()
+            if not done_ok:
+                out.abandon()
+    resumed = checkpoint.rows if checkpoint else 0
+    return ScoreResult(rows, errors, blanks, time.monotonic() - t0, config.output, resumed)
+
+
+def _how_to_resume(config: ScoreConfig, rows: int) -> str:
+    if config.output == "-" or config.input == "-":
+        return f"{rows:,} rows were written before it stopped; stdin/stdout jobs cannot resume"
+    return (
+        f"{rows:,} rows are saved in {config.output}.part; run the same command with --resume "
+        "to continue from there"
+    )
+
+
+def _skip_to(stream, reader: RecordReader, offset: int, path: str) -> None:
+    """Continue reading at `offset` bytes of (decompressed) input."""
+    if not path.endswith(".gz"):
+        stream.seek(offset)
+    else:
+        left = offset - reader.offset
+        while left > 0:
+            block = stream.read(min(left, 1 << 20))
+            if not block:
+                break
+            left -= len(block)
+    reader.offset = offset
