@@ -83,6 +83,7 @@ class TabularHandler:
                     _first_row(_header(context, idx, FIRST_ROW_HEADER)),
                 )
             except BadRequest as exc:
+                _count(context, "RequestsRejected", 1)
                 answers.append(error_body(400, str(exc)))
                 context.set_response_status(400, "Bad Request", idx)
                 context.set_response_content_type(idx, "application/json")
@@ -92,6 +93,9 @@ class TabularHandler:
             # function of its own request only. The same chunk always gets the same bytes back
             # (a resumed batch job is byte-identical), whatever TorchServe batched it with.
             probs = self.predictor.predict_rows(rows)
+            failed = sum(e is not None for e in rows.errors)
+            _count(context, "RowsPredicted", len(rows) - failed)
+            _count(context, "RowsRejected", failed)
             if (_header(context, idx, "Accept") or "").split(";")[0].strip() in CSV_ACCEPT:
                 answers.append(to_csv(probs, rows.errors, self.predictor.classes))
                 context.set_response_content_type(idx, "text/csv")
@@ -99,6 +103,17 @@ class TabularHandler:
                 answers.append(to_json(probs, rows.errors, self.predictor.classes, self.model_info))
                 context.set_response_content_type(idx, "application/json")
         return answers
+
+
+def _count(context: Any, name: str, value: int) -> None:
+    """A Prometheus counter on TorchServe's metrics port (model_metrics_auto_detect=true)."""
+    metrics = getattr(context, "metrics", None)
+    if metrics is None or value == 0:
+        return
+    try:
+        metrics.add_counter(name, value)
+    except Exception:  # metrics must never fail a prediction
+        log.debug("could not record metric %s", name, exc_info=True)
 
 
 def _first_row(value: str | None) -> int:

@@ -129,3 +129,20 @@ def read_schema(mar: Path) -> Schema:
 def read_manifest_version(mar: Path) -> str:
     with zipfile.ZipFile(mar) as z:
         return str(json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"])
+
+
+def with_settings(mar: Path, out: Path, settings: dict[str, int]) -> Path:
+    """Copy an archive with `settings` merged into its model-config.yaml."""
+    import yaml
+
+    tmp = out.with_name(out.name + ".tmp")
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "model-config.yaml":
+                config = yaml.safe_load(data) or {}
+                config.update(settings)
+                data = yaml.safe_dump(config, sort_keys=False).encode()
+            dst.writestr(item, data)
+    os.replace(tmp, out)
+    return out

@@ -114,6 +114,9 @@ def serve_config(args: argparse.Namespace):
         auth=not args.no_auth,
         config_file=Path(args.config),
         run_dir=Path(args.run_dir) if args.run_dir else None,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        max_batch_delay=args.max_batch_delay,
     )
 
 
@@ -166,6 +169,26 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when TorchServe answers /ping as Healthy (the container's HEALTHCHECK)."""
+    import requests
+
+    from .server import ServeConfig, read_inference_key
+
+    run_dir = Path(args.run_dir) if args.run_dir else ServeConfig(port=args.port).directory
+    key_file = run_dir / "key_file.json"
+    headers = {"Authorization": f"Bearer {read_inference_key(key_file)}"} if key_file.exists() else {}
+    try:
+        r = requests.get(f"http://127.0.0.1:{args.port}/ping", headers=headers, timeout=5)
+        healthy = r.status_code == 200 and r.json().get("status") == "Healthy"
+    except (requests.RequestException, ValueError) as exc:
+        raise TabserveError(f"TorchServe on port {args.port} does not answer: {exc}") from exc
+    if not healthy:
+        raise TabserveError(f"TorchServe on port {args.port} is not healthy: {r.status_code} {r.text[:200]}")
+    print("healthy")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from .server import ServeConfig, read_inference_key
 
@@ -194,6 +217,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         max_errors=args.max_errors,
         config_file=Path(args.config),
         retries=args.retries,
+        engine=args.engine,
     )
     # SIGTERM (a container stop, a job runner's timeout) ends the job like Ctrl-C: the
     # embedded server is stopped and the partial output kept for --resume.
@@ -285,6 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
             default=env("RUN_DIR"),
             help="where config, logs and key file go (default: .tabserve/run/PORT)",
         )
+        sp.add_argument(
+            "--workers",
+            type=int,
+            default=env_int("WORKERS", None),
+            help="workers per model (default: the archive's)",
+        )
+        sp.add_argument(
+            "--batch-size",
+            type=int,
+            default=env_int("BATCH_SIZE", None),
+            help="server-side batch size (default: the archive's)",
+        )
+        sp.add_argument(
+            "--max-batch-delay",
+            type=int,
+            default=env_int("MAX_BATCH_DELAY", None),
+            help="ms to wait to fill a batch (default: the archive's)",
+        )
 
     s = sub.add_parser("serve", help="start TorchServe and wait until the models answer")
     server_options(s)
@@ -300,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="score a CSV file: every row in, every row out with predictions")
     sc.add_argument("input", help="CSV with a header; - for stdin; .gz is decompressed")
     sc.add_argument("-o", "--output", required=True, help="output CSV; - for stdout; .gz compresses")
+    sc.add_argument(
+        "--engine",
+        choices=("torchserve", "local"),
+        default=env("ENGINE", "torchserve"),
+        help="torchserve (default): through TorchServe; local: the archive's handler "
+        "in this process, no server",
+    )
     sc.add_argument("--url", default=env("URL"), help="a running TorchServe (default: start one)")
     sc.add_argument("--model", default=env("MODEL"), help="model name (default: the store's only one)")
     sc.add_argument("--token", default=env("TOKEN"), help="inference token for --url")
@@ -338,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="base TorchServe config.properties for the embedded server",
     )
     sc.set_defaults(func=cmd_score)
+
+    hc = sub.add_parser("health", help="exit 0 when the local TorchServe answers /ping as Healthy")
+    hc.add_argument("--port", type=int, default=env_int("PORT", 8080))
+    hc.add_argument("--run-dir", default=env("RUN_DIR"))
+    hc.set_defaults(func=cmd_health)
 
     tk = sub.add_parser("token", help="print the inference token of a running server")
     tk.add_argument("--port", type=int, default=env_int("PORT", 8080))

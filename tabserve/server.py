@@ -22,11 +22,14 @@ from pathlib import Path
 import psutil
 import requests
 
-from .archive import read_schema
+from .archive import read_schema, with_settings
 from .errors import ConfigError, ServerError
 from .java import find_java_home
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The top-level config.properties of a source checkout (editable install). An installed wheel
+# has none: then TorchServe's defaults apply under tabserve's overrides (addresses, auth on,
+# model API off), unless --config / TABSERVE_CONFIG names a file.
 DEFAULT_CONFIG = PROJECT_ROOT / "config.properties"
 STATE_FILE = "server.json"
 LOG_TAIL = 3000
@@ -51,6 +54,11 @@ class ServeConfig:
     run_dir: Path | None = None  # None: .tabserve/run/<port>
     startup_timeout: float = 180.0
     extra_properties: dict[str, str] = field(default_factory=dict)
+    # Override the archives' model-config.yaml at start-up (a container sets these from
+    # TABSERVE_WORKERS, TABSERVE_BATCH_SIZE, TABSERVE_MAX_BATCH_DELAY). None: the archive's.
+    workers: int | None = None
+    batch_size: int | None = None
+    max_batch_delay: int | None = None
     # Stop the server when this process dies, even by SIGKILL (the batch scorer's embedded
     # server); a server from `tabserve serve` outlives the command that started it.
     tied_to_owner: bool = False
@@ -169,7 +177,10 @@ class TorchServe:
             "disable_token_authorization": "false" if self.config.auth else "true",
             **self.config.extra_properties,
         }
-        base = read_properties(self.config.config_file) if self.config.config_file else []
+        conf_file = self.config.config_file
+        base = read_properties(conf_file) if conf_file and Path(conf_file).is_file() else []
+        if conf_file and not Path(conf_file).is_file() and Path(conf_file) != DEFAULT_CONFIG:
+            raise ConfigError(f"config file {conf_file} not found")
         merged = dict(base)
         merged.update(overrides)
         # Model management stays off whatever the base file says: tabserve serves archives
@@ -184,6 +195,27 @@ class TorchServe:
         )
         return path
 
+    def _apply_overrides(self) -> None:
+        """Serve copies of the archives with the overridden settings in their
+        model-config.yaml (which TorchServe prefers over config.properties' models=)."""
+        settings = {
+            k: v
+            for k, v in (
+                ("minWorkers", self.config.workers),
+                ("maxWorkers", self.config.workers),
+                ("batchSize", self.config.batch_size),
+                ("maxBatchDelay", self.config.max_batch_delay),
+            )
+            if v is not None
+        }
+        if not settings:
+            return
+        store = self.dir / "store"
+        store.mkdir(exist_ok=True)
+        for m in self.models:
+            with_settings(self.store / f"{m}.mar", store / f"{m}.mar", settings)
+        self.store = store
+
     def start(self) -> None:
         """Start TorchServe in its own process group and return once every model answers."""
         java_home = find_java_home()
@@ -193,6 +225,7 @@ class TorchServe:
         # go in a short private folder: socket paths are limited to about 100 bytes, and two
         # servers sharing /tmp would find each other's pid file and sockets.
         self.tmp = Path(tempfile.mkdtemp(prefix="tabserve-"))
+        self._apply_overrides()
         conf = self.write_config()
         logs = self.dir / "logs"
         logs.mkdir(exist_ok=True)

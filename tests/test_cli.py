@@ -121,3 +121,13 @@ def test_stop_without_a_server_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["stop"]) == 0
     assert "no tabserve-started TorchServe is running" in capsys.readouterr().out
+
+
+def test_serve_options_come_from_flags_or_the_environment(monkeypatch):
+    from tabserve.cli import build_parser, serve_config
+
+    monkeypatch.setenv("TABSERVE_BATCH_SIZE", "16")
+    monkeypatch.setenv("TABSERVE_NO_AUTH", "1")
+    args = build_parser().parse_args(["serve", "--workers", "3", "--max-batch-delay", "7"])
+    config = serve_config(args)
+    assert (config.workers, config.batch_size, config.max_batch_delay, config.auth) == (3, 16, 7, False)

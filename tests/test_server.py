@@ -191,3 +191,38 @@ def test_stop_leaves_no_torchserve_process(model_store, tmp_path):
     _, alive = psutil.wait_procs(children, timeout=5)
     assert alive == []
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_port_shows_the_handlers_row_counters(client, server):
+    before = requests.get(server.metrics_url, timeout=10).text
+    r = client.post([IRIS_ROWS[0], [1, 2], IRIS_ROWS[1]], "application/json")
+    assert r.status_code == 200
+    assert client.post("not json", "application/json").status_code == 400
+    after = requests.get(server.metrics_url, timeout=10).text
+    assert _metric(after, "RowsPredicted") - _metric(before, "RowsPredicted") == 2
+    assert _metric(after, "RowsRejected") - _metric(before, "RowsRejected") == 1
+    assert _metric(after, "RequestsRejected") - _metric(before, "RequestsRejected") == 1
+    assert 'ModelName="iris"' in after
+
+
+def test_serve_settings_override_the_archives(model_store, tmp_path):
+    ts = start_server(model_store, tmp_path / "run", workers=1, batch_size=4, max_batch_delay=50)
+    try:
+        key = json.loads(ts.key_file.read_text())["management"]["key"]
+        r = requests.get(
+            f"http://127.0.0.1:{ts.config.ports[1]}/models/iris",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        described = r.json()[0]
+        assert (described["batchSize"], described["maxBatchDelay"], len(described["workers"])) == (4, 50, 1)
+    finally:
+        ts.stop()
