@@ -1,33 +1,47 @@
-"""Batch scoring benchmark: `tabserve score` through an embedded TorchServe (its start
-included) against the in-process limit on the same file in the same run, and the scorer's
-peak RSS for 1M and 10M rows.
+"""Batch scoring benchmark, all in one run on one machine: the in-process limit (pyarrow read,
+numpy, torch, pyarrow write) against `tabserve score` through an embedded TorchServe (its start
+included), against a TorchServe already running (steady state), and with `--engine local`;
+rows/s against chunk size; the scorer's peak RSS for 1M and 10M rows.
 
-    .venv/bin/python bench/batch.py [--rows 1000000] [--big-rows 10000000] [--engine torchserve]
+    .venv/bin/python bench/batch.py [--rows 1000000] [--big-rows 10000000] [--sweep-rows 300000]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from common import OUT, ROOT, ensure_model, in_process_score, iris_like_csv, markdown_table, run_measured
+from tabserve.server import ServeConfig, TorchServe, free_ports
+
+CHUNKS = [250, 500, 1000, 2000, 5000, 10000]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--big-rows", type=int, default=10_000_000, help="0 skips the memory run")
-    ap.add_argument("--engine", default="torchserve")
-    ap.add_argument("--score-args", default="", help="extra tabserve score options, quoted")
+    ap.add_argument("--big-rows", type=int, default=10_000_000, help="0 skips the 10M memory run")
+    ap.add_argument("--sweep-rows", type=int, default=300_000, help="0 skips the chunk-size sweep")
     args = ap.parse_args()
 
     store = ensure_model()
     data = iris_like_csv(OUT / f"iris_{args.rows}.csv", args.rows)
     base_s = in_process_score(data, OUT / "in_process_out.csv", ROOT / "artifacts" / "iris")
-    base_rate = args.rows / base_s
+    base = args.rows / base_s
+    table = [
+        [
+            "in-process limit (pyarrow, numpy, torch)",
+            f"{args.rows:,}",
+            f"{base_s:.1f}",
+            f"{base:,.0f}",
+            "1.00",
+            "",
+        ]
+    ]
 
-    def scorer(path: Path, rows: int):
+    def scorer(label: str, path: Path, rows: int, *extra: str):
         argv = [
             sys.executable,
             "-m",
@@ -38,52 +52,104 @@ def main() -> None:
             str(OUT / "scored.csv"),
             "--model-store",
             str(store),
-            *([] if args.engine == "torchserve" else ["--engine", args.engine]),
-            *args.score_args.split(),
+            *extra,
         ]
         run = run_measured(argv)
         if run.returncode != 0:
             sys.exit(f"tabserve score failed ({run.returncode}):\n{run.stdout}")
-        return run, rows / run.seconds
-
-    run1, rate1 = scorer(data, args.rows)
-    table = [
-        [
-            "in-process (pyarrow, numpy, torch)",
-            f"{args.rows:,}",
-            f"{base_s:.1f}",
-            f"{base_rate:,.0f}",
-            "1.00",
-            "",
-        ],
-        [
-            f"tabserve score --engine {args.engine}",
-            f"{args.rows:,}",
-            f"{run1.seconds:.1f}",
-            f"{rate1:,.0f}",
-            f"{rate1 / base_rate:.2f}",
-            f"{run1.peak_rss_mb:.0f}",
-        ],
-    ]
-    if args.big_rows:
-        big = iris_like_csv(OUT / f"iris_{args.big_rows}.csv", args.big_rows)
-        run2, rate2 = scorer(big, args.big_rows)
+        rate = rows / run.seconds
         table.append(
             [
-                f"tabserve score --engine {args.engine}",
-                f"{args.big_rows:,}",
-                f"{run2.seconds:.1f}",
-                f"{rate2:,.0f}",
-                f"{rate2 / base_rate:.2f}",
-                f"{run2.peak_rss_mb:.0f}",
+                label,
+                f"{rows:,}",
+                f"{run.seconds:.1f}",
+                f"{rate:,.0f}",
+                f"{rate / base:.2f}",
+                f"{run.peak_rss_mb:.0f}",
             ]
         )
+        print(table[-1], flush=True)
+        return run
+
+    small = scorer("tabserve score (embedded TorchServe, start included)", data, args.rows)
+    scorer("tabserve score --engine local", data, args.rows, "--engine", "local")
+
+    ports = free_ports(5)
+    server = TorchServe(
+        ServeConfig(
+            model_store=store,
+            models=("iris",),
+            port=ports[0],
+            management_port=ports[1],
+            metrics_port=ports[2],
+            grpc_ports=(ports[3], ports[4]),
+            run_dir=Path(tempfile.mkdtemp(prefix="tabserve-bench-run-")),
+            batch_size=1,
+        )
+    )
+    server.start()
+    sweep = []
+    try:
+        url = ["--url", server.inference_url, "--model", "iris", "--token-file", str(server.key_file)]
+        scorer("tabserve score --url (TorchServe already running)", data, args.rows, *url)
+        if args.sweep_rows:
+            part = iris_like_csv(OUT / f"iris_{args.sweep_rows}.csv", args.sweep_rows)
+            for chunk in CHUNKS:
+                run = run_measured(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tabserve",
+                        "score",
+                        str(part),
+                        "-o",
+                        str(OUT / "sweep.csv"),
+                        "--chunk-rows",
+                        str(chunk),
+                        *url,
+                    ]
+                )
+                sweep.append((chunk, args.sweep_rows / run.seconds))
+                print(f"chunk {chunk}: {sweep[-1][1]:,.0f} rows/s", flush=True)
+    finally:
+        server.stop()
+
+    if args.big_rows:
+        big = iris_like_csv(OUT / f"iris_{args.big_rows}.csv", args.big_rows)
+        large = scorer("tabserve score (embedded TorchServe, start included)", big, args.big_rows)
     md = markdown_table(["job", "rows", "seconds", "rows/s", "vs in-process", "scorer peak RSS (MB)"], table)
     if args.big_rows:
-        ratio = run2.peak_rss_mb / run1.peak_rss_mb
-        md += f"\nPeak RSS, {args.big_rows:,} rows / {args.rows:,} rows: {ratio:.2f}\n"
+        md += (
+            f"\nScorer peak RSS, {args.big_rows:,} rows / {args.rows:,} rows: "
+            f"{large.peak_rss_mb / small.peak_rss_mb:.2f}\n"
+        )
+    if sweep:
+        md += "\n" + markdown_table(
+            ["chunk rows", "rows/s (TorchServe running)"], [[f"{c:,}", f"{r:,.0f}"] for c, r in sweep]
+        )
+        _plot(sweep, base)
     print(md)
-    (OUT / f"batch_{args.engine}.md").write_text(md)
+    (OUT / "batch.md").write_text(md)
+
+
+def _plot(sweep: list[tuple[int, float]], base: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([c for c, _ in sweep], [r for _, r in sweep], "-o", label="tabserve score through TorchServe")
+    ax.axhline(base, color="gray", linestyle="--", label="in-process limit")
+    ax.axhline(base / 2, color="gray", linestyle=":", label="50% of the limit")
+    ax.set_xscale("log")
+    ax.set_xlabel("rows per request (--chunk-rows)")
+    ax.set_ylabel("rows/s")
+    ax.set_title("Batch: rows/s against chunk size")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(OUT / "batch.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -43,18 +41,22 @@ def to_csv(
     probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str], header: bool = True
 ) -> str:
     """label, p_<class>..., error per row; empty label and probabilities where a row failed."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    if header:
-        writer.writerow(output_columns(classes))
-    labels = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
-    blank = [""] * len(classes)
-    for p, k, err in zip(probs.tolist(), labels.tolist(), errors):
-        if err is not None:
-            writer.writerow(["", *blank, err])
-        else:
-            writer.writerow([classes[k], *map(repr, p), ""])
-    return buf.getvalue()
+    lines = [",".join(output_columns(classes))] if header else []
+    if len(probs):
+        labels = [classes[k] for k in probs.argmax(axis=1).tolist()]
+        # repr() of the whole nested list formats every float in C, the same shortest
+        # round-trip text as repr(float): one call instead of one per value.
+        text = repr(probs.tolist())[2:-2].replace(", ", ",")
+        blank = "," * (len(classes) + 1)  # empty label and probabilities
+        for label, p, err in zip(labels, text.split("],["), errors):
+            lines.append(f"{label},{p}," if err is None else f"{blank}{_quote(err)}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(field: str) -> str:
+    if any(c in field for c in ',"\n\r'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
 
 
 def error_body(status: int, message: str) -> str:

@@ -157,6 +157,10 @@ def from_csv(text: str, features: Sequence[str], first_row: int = 1, header: boo
     Every record gives one row, blank lines included (they get an error), so a caller that
     sends N records gets N results back.
     """
+    if '"' not in text and "\r" not in text:
+        fast = _from_plain_csv(text, features, header)
+        if fast is not None:
+            return fast
     records = list(csv.reader(io.StringIO(text)))
     if header is None:
         header = bool(records) and _is_header(records[0], features)
@@ -179,6 +183,41 @@ def from_csv(text: str, features: Sequence[str], first_row: int = 1, header: boo
         index = list(range(len(features)))
         width = len(features)
     return from_records(records, features, index, width, first_row)
+
+
+def _from_plain_csv(text: str, features: Sequence[str], header: bool | None) -> Rows | None:
+    """The common case in C: no quotes, every line with the same number of fields, every
+    feature a finite number. Returns None when any of that is not so, and the careful
+    path below names what is wrong with which row."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return None
+    first = lines[0].split(",")
+    if header is None:
+        header = _is_header(first, features)
+    if header:
+        names = [f.strip() for f in first]
+        if any(f not in names for f in features):
+            return None
+        index = [names.index(f) for f in features]
+        lines = lines[1:]
+    else:
+        index = list(range(len(features)))
+    width = len(first) if header else len(features)
+    commas = width - 1
+    if not lines:
+        return Rows(np.zeros((0, len(features))), [])
+    if any(line.count(",") != commas for line in lines):
+        return None
+    try:
+        values = np.loadtxt(lines, delimiter=",", usecols=index, dtype=np.float64, ndmin=2, comments=None)
+    except ValueError:
+        return None
+    if len(values) != len(lines) or not np.isfinite(values).all():
+        return None
+    return Rows(values, [None] * len(lines))
 
 
 def from_records(

@@ -74,53 +74,127 @@ def parse_header(line: str) -> list[str]:
 
 
 class RecordReader:
-    """Logical CSV records with their original text and running byte offsets."""
+    """Logical CSV records with their original text and running byte offsets.
+
+    Reads the input in blocks and splits lines in C; only a block with a quote character goes
+    through the careful per-line path that joins a record whose quoted field spans lines,
+    exactly as Python's csv module reads it. `offset` is the number of (decompressed) bytes
+    up to the end of the last record taken.
+    """
+
+    BLOCK = 1 << 20
 
     def __init__(self, stream: BinaryIO, offset: int = 0) -> None:
         self.stream = stream
-        self.offset = offset  # bytes consumed so far
+        self.offset = offset
+        self._records: list[bytes] = []  # complete records not taken yet
+        self._pos = 0
+        self._tail = b""  # an incomplete last line (or quoted record) of the last block
+        self._in_quotes = False
+        self._eof = False
+        self._unterminated = False  # the input's last record has no newline after it
 
-    def records(self) -> Iterator[str]:
-        """Yield records; a record whose line ends inside a quoted field continues on the
-        next line, exactly as Python's csv module reads it."""
-        pending: list[str] = []
-        in_quotes = False
-        for raw in self.stream:
-            self.offset += len(raw)
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if not pending and '"' not in line:
-                yield line
+    def _fill(self) -> bool:
+        """Read one block; False at the end of the input."""
+        if self._eof:
+            return False
+        block = self.stream.read(self.BLOCK)
+        if not block:
+            self._eof = True
+            if self._tail:
+                self._records = [self._tail]
+                self._pos, self._tail = 0, b""
+                self._unterminated = True
+                return True
+            return False
+        buf = self._tail + block
+        lines = buf.split(b"\n")
+        self._tail = lines.pop()
+        if b'"' in buf:
+            lines = self._join_quoted(lines)
+        self._records, self._pos = lines, 0
+        return True
+
+    def _join_quoted(self, lines: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        pending: list[bytes] = []
+        for raw in lines:
+            if not pending and b'"' not in raw:
+                out.append(raw)
                 continue
-            in_quotes = ends_in_quotes(line, in_quotes)
-            pending.append(line)
-            if not in_quotes:
-                yield "\n".join(pending)
+            pending.append(raw)
+            self._in_quotes = ends_in_quotes(raw.decode("utf-8", errors="replace"), self._in_quotes)
+            if not self._in_quotes:
+                out.append(b"\n".join(pending))
                 pending = []
-        if pending:
-            yield "\n".join(pending)
+        if pending:  # the record goes on in the next block: read it again from its start
+            self._tail = b"\n".join([*pending, self._tail])
+        self._in_quotes = False
+        return out
+
+    def take(self, n: int) -> list[bytes]:
+        """Up to n raw records (fewer only at the end of the input)."""
+        out: list[bytes] = []
+        while len(out) < n:
+            if self._pos >= len(self._records) and not self._fill():
+                break
+            part = self._records[self._pos : self._pos + n - len(out)]
+            self._pos += len(part)
+            out.extend(part)
+        self.offset += sum(map(len, out)) + len(out)  # each record and its newline
+        if self._unterminated and out and self._pos >= len(self._records):
+            self.offset -= 1
+        return out
 
     def header(self) -> str:
-        for rec in self.records():
-            return rec.lstrip("\ufeff")
-        raise ConfigError("input is empty: expected a CSV header line")
+        recs = self.take(1)
+        if not recs:
+            raise ConfigError("input is empty: expected a CSV header line")
+        return decode_records(recs)[0].lstrip("\ufeff")
+
+    def seek(self, offset: int, path: str) -> None:
+        """Continue at `offset` bytes of (decompressed) input, for --resume."""
+        self._records, self._pos, self._tail = [], 0, b""
+        self._in_quotes = self._eof = self._unterminated = False
+        if not path.endswith(".gz"):
+            self.stream.seek(offset)
+        else:
+            self.stream.seek(0)
+            left = offset
+            while left > 0:
+                block = self.stream.read(min(left, self.BLOCK))
+                if not block:
+                    break
+                left -= len(block)
+        self.offset = offset
+
+
+def decode_records(records: list[bytes]) -> list[str]:
+    """Raw records as text, line terminators and a trailing CR removed."""
+    joined = b"\n".join(records).decode("utf-8", errors="replace")
+    lines = joined.split("\n")
+    if len(lines) != len(records):  # a quoted field holds a newline: decode one by one
+        lines = [r.decode("utf-8", errors="replace") for r in records]
+    if "\r" in joined:
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines
 
 
 def chunks(reader: RecordReader, chunk_rows: int, first_row: int = 1, index: int = 0) -> Iterator[Chunk]:
-    """Group the reader's remaining records into chunks of `chunk_rows` data rows."""
-    lines: list[str] = []
-    blanks = 0
-    for rec in reader.records():
-        if not rec.strip():
-            blanks += 1
-            continue
-        lines.append(rec)
-        if len(lines) == chunk_rows:
-            yield Chunk(index, first_row, lines, reader.offset, blanks)
-            index += 1
-            first_row += len(lines)
-            lines, blanks = [], 0
-    if lines or blanks:
+    """Group the reader's remaining records into chunks of `chunk_rows` data rows; blank
+    lines are not data rows: they are skipped and counted."""
+    while True:
+        lines = decode_records(reader.take(chunk_rows))
+        if not lines:
+            return
+        blanks = 0
+        if any(not line or line.isspace() for line in lines):
+            kept = [line for line in lines if line and not line.isspace()]
+            blanks = len(lines) - len(kept)
+            lines = kept
         yield Chunk(index, first_row, lines, reader.offset, blanks)
+        index += 1
+        first_row += len(lines)
 
 
 def quote(field: str) -> str:

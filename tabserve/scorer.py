@@ -19,12 +19,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .csvio import Chunk, OutputFile, RecordReader, chunks, field_count, open_input, parse_header, quote
-from .engines import Engine, TokenSource, TorchServeEngine
+from .engines import Engine, LocalEngine, TokenSource, TorchServeEngine
 from .errors import ConfigError, TabserveError
 from .progress import Progress
 from .server import DEFAULT_CONFIG, ServeConfig, TorchServe, free_ports
 
 CHECKPOINT_VERSION = 1
+ENGINES = ("torchserve", "local")
+# A checkpoint (a small file renamed into place) costs a few ms on some file systems: write
+# one at most this often. --resume truncates the output to the last one and reads on from
+# there, so a resumed file is the same whichever chunk the checkpoint followed.
+CHECKPOINT_SECONDS = 1.0
 # The embedded server is private (loopback, its own key file, gone when the job ends), so its
 # keys may outlive any job instead of TorchServe's 60 minutes.
 EMBEDDED_TOKEN_MINUTES = 60 * 24 * 365
@@ -50,6 +55,7 @@ class ScoreConfig:
     resume: bool = False
     max_errors: int | None = None
     config_file: Path = DEFAULT_CONFIG
+    engine: str = "torchserve"  # or "local": the archive's handler in this process
     timeout: float = 300.0
     retries: int = 8
     progress: bool | None = None  # None: on a terminal only
@@ -65,6 +71,10 @@ class ScoreConfig:
             raise ConfigError("--resume needs a file for both input and output, not - (stdin/stdout)")
         if self.token and self.token_file:
             raise ConfigError("give --token or --token-file, not both")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine != "torchserve" and self.url:
+            raise ConfigError(f"--url applies to --engine torchserve, not {self.engine}")
 
     @property
     def workers(self) -> int:
@@ -217,7 +227,11 @@ def score(config: ScoreConfig, engine: Engine | None = None) -> ScoreResult:
         width = len(parse_header(header))
 
         if engine is None:
-            if config.url:
+            if config.engine == "local":
+                local = LocalEngine(Path(config.model_store) / f"{_embedded_model(config)}.mar")
+                stack.callback(local.close)
+                engine = local
+            elif config.url:
                 tokens = TokenSource(config.token, config.token_file)
                 engine = TorchServeEngine(
                     config.url, config.model or "", tokens, config.timeout, config.retries
@@ -246,7 +260,7 @@ def score(config: ScoreConfig, engine: Engine | None = None) -> ScoreResult:
             part = Path(config.output + ".part")
             if not part.is_file() or part.stat().st_size < checkpoint.output_bytes:
                 raise ConfigError(f"cannot resume: {part} is missing or shorter than its checkpoint")
-            _skip_to(stream, reader, checkpoint.input_offset, config.input)
+            reader.seek(checkpoint.input_offset, config.input)
             next_index, next_row = checkpoint.next_index, checkpoint.next_row
             rows, errors, blanks = checkpoint.rows, checkpoint.errors, checkpoint.blank_lines
             resume_bytes = checkpoint.output_bytes
@@ -261,16 +275,19 @@ def score(config: ScoreConfig, engine: Engine | None = None) -> ScoreResult:
             pool = ThreadPoolExecutor(config.workers, thread_name_prefix="tabserve-score")
             stack.callback(pool.shutdown, wait=False, cancel_futures=True)
             inflight: deque[tuple[Chunk, Future[list[str]]]] = deque()
+            last_checkpoint = float("-inf")
 
             def write_oldest() -> None:
-                nonlocal rows, errors, blanks
+                nonlocal rows, errors, blanks, last_checkpoint
                 chunk, future = inflight.popleft()
                 block, failed = format_rows(chunk, future.result(), width)
                 written = out.write_block(block)
                 rows += len(chunk.lines)
                 errors += failed
                 blanks += chunk.blank_lines
-                if out.part is not None:
+                now = time.monotonic()
+                if out.part is not None and now - last_checkpoint >= CHECKPOINT_SECONDS:
+                    last_checkpoint = now
                     Checkpoint(
                         config.input,
                         size,
@@ -322,17 +339,3 @@ def _how_to_resume(config: ScoreConfig, rows: int) -> str:
         f"{rows:,} rows are saved in {config.output}.part; run the same command with --resume "
         "to continue from there"
     )
-
-
-def _skip_to(stream, reader: RecordReader, offset: int, path: str) -> None:
-    """Continue reading at `offset` bytes of (decompressed) input."""
-    if not path.endswith(".gz"):
-        stream.seek(offset)
-    else:
-        left = offset - reader.offset
-        while left > 0:
-            block = stream.read(min(left, 1 << 20))
-            if not block:
-                break
-            left -= len(block)
-    reader.offset = offset

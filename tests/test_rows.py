@@ -105,3 +105,19 @@ def test_csv_malformed_rows_are_named_and_counted_one_per_record():
 def test_first_row_offsets_the_numbers_in_messages():
     rows = from_csv("1,2\n", F, first_row=1001)
     assert rows.errors == ["row 1001: expected 3 fields, got 2"]
+
+
+def test_plain_csv_fast_path_agrees_with_the_careful_path_and_declines_bad_input():
+    import csv
+    import io
+
+    from tabserve.handler.rows import _from_plain_csv, from_records
+
+    text = "id,c,a,b\n1,3.5,1e-3, 2\n2,-0.0,4,5.25\n"
+    fast = _from_plain_csv(text, F, None)
+    records = list(csv.reader(io.StringIO(text)))
+    careful = from_records(records[1:], F, [2, 3, 1], 4)
+    assert fast is not None and fast.errors == careful.errors == [None, None]
+    assert fast.values.tolist() == careful.values.tolist()
+    for bad in ["1,2,3,x\n", "1,2,3\n", "1,2,,4\n", "1,nan,3,4\n", "\n", "1,2,3,4,5\n"]:
+        assert _from_plain_csv(text + bad, F, None) is None, bad

@@ -379,3 +379,33 @@ def test_ctrl_c_stops_the_job_keeps_the_partial_output_and_stops_the_server(tmp_
     assert job.returncode == 1
     assert "interrupted" in err and "--resume" in err
     assert Path(str(out) + ".part").exists()
+
+
+def test_local_engine_writes_the_same_bytes_as_torchserve(tmp_path, model_store, server):
+    inp = tmp_path / "in.csv"
+    write_csv(inp, 3000)
+    local, remote = tmp_path / "local.csv", tmp_path / "remote.csv"
+    common = ["--model-store", str(model_store), "--chunk-rows", "500"]
+    assert main(["score", str(inp), "-o", str(local), "--engine", "local", *common]) == 2
+    argv = [
+        "score",
+        str(inp),
+        "-o",
+        str(remote),
+        "--url",
+        server.inference_url,
+        "--model",
+        "iris",
+        "--token-file",
+        str(server.key_file),
+        *common,
+    ]
+    assert main(argv) == 2
+    assert local.read_bytes() == remote.read_bytes()
+
+
+def test_local_engine_refuses_a_url(tmp_path, capsys):
+    assert (
+        main(["score", "x.csv", "-o", str(tmp_path / "o.csv"), "--engine", "local", "--url", "http://x"]) == 1
+    )
+    assert capsys.readouterr().err == "Error: --url applies to --engine torchserve, not local\n"
