@@ -13,7 +13,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import OUT, ROOT, ensure_model, in_process_score, iris_like_csv, markdown_table, run_measured
+from common import (
+    DOCS,
+    OUT,
+    ROOT,
+    ensure_model,
+    in_process_score,
+    iris_like_csv,
+    markdown_table,
+    run_measured,
+)
 from tabserve.server import ServeConfig, TorchServe, free_ports
 
 CHUNKS = [250, 500, 1000, 2000, 5000, 10000]
@@ -149,7 +158,8 @@ def _plot(sweep: list[tuple[int, float]], base: float) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(OUT / "batch.png", dpi=120)
+    DOCS.mkdir(exist_ok=True)
+    fig.savefig(DOCS / "batch.png", dpi=120)
 
 
 if __name__ == "__main__":

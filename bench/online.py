@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import OUT, ROOT, ensure_model, markdown_table
+from common import DOCS, OUT, ROOT, ensure_model, markdown_table
 from tabserve.server import ServeConfig, TorchServe, free_ports
 
 SETTINGS = {
@@ -186,7 +186,8 @@ def _plot(results, connections) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(OUT / "online.png", dpi=120)
+    DOCS.mkdir(exist_ok=True)
+    fig.savefig(DOCS / "online.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,30 @@ def error_body(status: int, message: str) -> str:
     return json.dumps(
         {"code": status, "type": "BadRequest" if status == 400 else "Error", "message": message}
     )
+
+
+def field_count(line: str) -> int:
+    """Fields in one CSV record."""
+    if '"' not in line:
+        return line.count(",") + 1
+    import csv
+
+    return len(next(csv.reader([line]), []))
+
+
+def merge_rows(lines: Sequence[str], results: Sequence[str], width: int) -> tuple[str, int]:
+    """The output block of a batch job: each input record's own text, then its result line
+    (label, p_<class>..., error). A record with the wrong number of fields keeps its whole
+    text, quoted, in the first column, so every row has the header's columns. Returns the
+    block and its number of failed rows."""
+    out = []
+    errors = 0
+    pad = "," * (width - 1)
+    for line, result in zip(lines, results, strict=True):
+        # A failed row's result ends with its error; a scored row's with the empty error.
+        if not result.endswith(","):
+            errors += 1
+            if field_count(line) != width:
+                line = _quote(line) + pad
+        out.append(line + "," + result + "\n")
+    return "".join(out), errors

@@ -40,6 +40,9 @@ class ArchiveConfig:
     workers: int | None = None  # None: TorchServe's default, one per CPU core or GPU
     response_timeout: int = 120  # seconds; a 100,000-row CSV request takes well under this
     torch_threads: int = 1
+    # The handler hands its row counters to TorchServe's (costly) metrics API at most this
+    # often; 0 counts every batch at once.
+    metrics_interval_s: float = 1.0
 
 
 def model_config_yaml(config: ArchiveConfig) -> str:
@@ -51,7 +54,11 @@ def model_config_yaml(config: ArchiveConfig) -> str:
     ]
     if config.workers is not None:
         lines += [f"minWorkers: {config.workers}", f"maxWorkers: {config.workers}"]
-    lines += ["handler:", f"  torch_threads: {config.torch_threads}"]
+    lines += [
+        "handler:",
+        f"  torch_threads: {config.torch_threads}",
+        f"  metrics_interval_s: {config.metrics_interval_s}",
+    ]
     return "\n".join(lines) + "\n"
 
 

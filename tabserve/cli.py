@@ -218,6 +218,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         config_file=Path(args.config),
         retries=args.retries,
         engine=args.engine,
+        master=args.master,
+        partitions=args.partitions,
     )
     # SIGTERM (a container stop, a job runner's timeout) ends the job like Ctrl-C: the
     # embedded server is stopped and the partial output kept for --resume.
@@ -344,10 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("-o", "--output", required=True, help="output CSV; - for stdout; .gz compresses")
     sc.add_argument(
         "--engine",
-        choices=("torchserve", "local"),
+        choices=("torchserve", "local", "spark"),
         default=env("ENGINE", "torchserve"),
         help="torchserve (default): through TorchServe; local: the archive's handler "
-        "in this process, no server",
+        "in worker processes, no server; spark: the archive's handler on Spark executors "
+        "(OUTPUT is a folder of part files)",
+    )
+    sc.add_argument(
+        "--master",
+        default=env("SPARK_MASTER", "local[*]"),
+        help="--engine spark: the Spark master (default local[*])",
+    )
+    sc.add_argument(
+        "--partitions",
+        type=int,
+        default=env_int("PARTITIONS", None),
+        help="--engine spark: split the input into about N partitions",
     )
     sc.add_argument("--url", default=env("URL"), help="a running TorchServe (default: start one)")
     sc.add_argument("--model", default=env("MODEL"), help="model name (default: the store's only one)")
@@ -360,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.add_argument("--model-store", default=env("MODEL_STORE", "model_store"))
     sc.add_argument(
-        "--chunk-rows", type=int, default=env_int("CHUNK_ROWS", 2000), help="rows per request (default 2000)"
+        "--chunk-rows", type=int, default=env_int("CHUNK_ROWS", 5000), help="rows per request (default 5000)"
     )
     sc.add_argument(
         "--concurrency",

@@ -43,12 +43,6 @@ def open_input(path: str) -> BinaryIO:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def field_count(line: str) -> int:
-    if '"' not in line:
-        return line.count(",") + 1
-    return len(next(csv.reader([line]), []))
-
-
 def ends_in_quotes(line: str, in_quotes: bool = False) -> bool:
     """Whether `line` ends inside a quoted field (csv's rules: a quote opens a quoted field
     only at the start of a field; a doubled quote inside one is a literal quote)."""

@@ -7,6 +7,7 @@ Every engine takes the input's header line and a chunk of record texts, and retu
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -174,101 +175,27 @@ def _message(r: requests.Response) -> str:
         return f"HTTP {r.status_code}: {r.text.strip()[:300]}"
 
 
-class _Request:
-    """What the handler reads of a request and writes of its response (TorchServe's
-    RequestProcessor, reduced to what tabserve's entry uses)."""
-
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = headers
-        self.status = 200
-        self.phrase = ""
-        self.response_headers: dict[str, str] = {}
-
-    def get_request_properties(self) -> dict[str, str]:
-        return self.headers
-
-
-class LocalContext:
-    """The slice of TorchServe's Context that the handler uses, for running it in-process."""
-
-    def __init__(self, model_dir: Path, model_name: str, manifest: dict, model_yaml_config: dict) -> None:
-        self.model_name = model_name
-        self.manifest = manifest
-        self.model_yaml_config = model_yaml_config
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
-        self.metrics = None
-        self.request_processor: list[_Request] = []
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.request_processor[idx].status = code
-        self.request_processor[idx].phrase = phrase
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.request_processor[idx].response_headers["Content-Type"] = value
-
-    def set_response_header(self, idx: int, key: str, value: str) -> None:
-        self.request_processor[idx].response_headers[key] = value
-
-
 class LocalEngine:
     """The archive's own handler code, unpacked from the .mar and run in this process: no
     server, the same decoding, model and encoding as TorchServe, the same bytes out."""
 
     def __init__(self, mar: Path, gpu_id: int | None = None) -> None:
-        import importlib.util
-        import json
         import shutil
-        import sys
         import tempfile
-        import zipfile
-
-        import yaml
 
         self._tmp = Path(tempfile.mkdtemp(prefix="tabserve-local-"))
         try:
-            with zipfile.ZipFile(mar) as z:
-                z.extractall(self._tmp)
-            manifest = json.loads((self._tmp / "MAR-INF" / "MANIFEST.json").read_text())
-            config_file = self._tmp / "model-config.yaml"
-            model_config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
-            pkg_dir = self._tmp / "tabserve_handler"
-            # A package name of its own, so two archives in one process never share modules.
-            name = f"tabserve_handler_{abs(hash(str(self._tmp)))}"
-            spec = importlib.util.spec_from_file_location(
-                name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
-            )
-            if spec is None or spec.loader is None:
-                raise ConfigError(f"{mar} holds no tabserve handler package")
-            package = importlib.util.module_from_spec(spec)
-            sys.modules[name] = package
-            spec.loader.exec_module(package)
-            entry = importlib.import_module(f"{name}.entry")
-        except (OSError, KeyError, zipfile.BadZipFile, ImportError) as exc:
+            local = load_archive_module(mar, self._tmp, "local")
+            self.model = local.LocalModel(self._tmp, gpu_id=gpu_id)
+        except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
-            raise ConfigError(f"cannot load the handler from {mar}: {exc}") from exc
-        self.model_name = manifest["model"]["modelName"]
-        self._context_args = (self._tmp, self.model_name, manifest, model_config or {})
-        self.handler = entry.TabularHandler()
-        init = LocalContext(*self._context_args)
-        init.system_properties["gpu_id"] = gpu_id
-        self.handler.initialize(init)
+            raise
+        self.handler = self.model.handler
         self.columns: list[str] = []
 
-    def _call(self, body: str, first_row: int) -> tuple[int, str]:
-        ctx = LocalContext(*self._context_args)
-        ctx.request_processor = [
-            _Request(
-                {"Content-Type": "text/csv", "Accept": "text/csv", "X-Tabserve-First-Row": str(first_row)}
-            )
-        ]
-        out = self.handler.handle([{"body": body}], ctx)[0]
-        return ctx.request_processor[0].status, out
-
     def probe(self, header: str) -> list[str]:
-        status, out = self._call(header + "\n", 1)
+        status, out = self.model.call_csv(header + "\n")
         if status != 200:
-            import json
-
             raise ConfigError(f"the model refused the input's columns: {json.loads(out)['message']}")
         self.columns = out.split("\n", 1)[0].split(",")
         return self.columns
@@ -276,17 +203,89 @@ class LocalEngine:
     def score(self, header: str, lines: list[str], first_row: int) -> list[str]:
         if not lines:
             return []
-        status, out = self._call(header + "\n" + "\n".join(lines) + "\n", first_row)
+        status, out = self.model.call_csv(header + "\n" + "\n".join(lines) + "\n", first_row)
         if status != 200:
-            import json
-
             msg = json.loads(out)["message"]
             empty = "," * (len(self.columns) - 1)
             return [empty + quote(f"row {first_row + i}: chunk refused: {msg}") for i in range(len(lines))]
-        result = out.split("\n")
-        return result[1 : len(lines) + 1]
+        return out.split("\n")[1 : len(lines) + 1]
 
     def close(self) -> None:
         import shutil
 
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def load_archive_module(mar: Path, into: Path, module: str):
+    """Unpack `mar` into `into` and import `module` of the archive's handler package under a
+    package name of its own, so two archives in one process never share modules."""
+    import importlib
+    import importlib.util
+    import sys
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(mar) as z:
+            z.extractall(into)
+        pkg_dir = Path(into) / "tabserve_handler"
+        name = f"tabserve_handler_{abs(hash(str(into)))}"
+        spec = importlib.util.spec_from_file_location(
+            name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError("no tabserve_handler package")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+        return importlib.import_module(f"{name}.{module}")
+    except (OSError, KeyError, zipfile.BadZipFile, ImportError) as exc:
+        raise ConfigError(f"cannot load the handler from {mar}: {exc}") from exc
+
+
+_worker: LocalEngine | None = None
+
+
+def _start_worker(mar: str) -> None:
+    global _worker
+    _worker = LocalEngine(Path(mar))
+
+
+def _worker_probe(header: str) -> list[str]:
+    assert _worker is not None
+    return _worker.probe(header)
+
+
+def _worker_score(header: str, lines: list[str], first_row: int) -> list[str]:
+    assert _worker is not None
+    return _worker.score(header, lines, first_row)
+
+
+class LocalPoolEngine:
+    """LocalEngine in `processes` worker processes, one handler each, so decoding and
+    encoding (Python code under the GIL) run on every core. The scorer's own process only
+    reads, routes and writes, and never imports torch."""
+
+    def __init__(self, mar: Path, processes: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: the workers start in milliseconds; the scorer has started no threads yet.
+        self._pool = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_start_worker,
+            initargs=(str(mar),),
+        )
+        self.columns: list[str] = []
+
+    def probe(self, header: str) -> list[str]:
+        self.columns = self._pool.submit(_worker_probe, header).result()
+        return self.columns
+
+    def score(self, header: str, lines: list[str], first_row: int) -> list[str]:
+        if not lines:
+            return []
+        return self._pool.submit(_worker_score, header, lines, first_row).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -23,7 +23,7 @@ import psutil
 import requests
 
 from .archive import read_schema, with_settings
-from .errors import ConfigError, ServerError
+from .errors import ArchiveError, ConfigError, ServerError
 from .java import find_java_home
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -294,15 +294,21 @@ class TorchServe:
                 parts.append(f"--- {p} ---\n" + p.read_text(errors="replace")[-LOG_TAIL:])
         return "\n".join(parts)
 
-    def sample_row(self, model: str) -> dict[str, float]:
-        schema = read_schema(self.store / f"{model}.mar")
+    def sample_row(self, model: str) -> dict[str, float] | None:
+        """A row of training means to ask the model for, or None for an archive that is not
+        tabserve's (then readiness is TorchServe's own /ping)."""
+        try:
+            schema = read_schema(self.store / f"{model}.mar")
+        except ArchiveError:
+            return None
         stats = schema.feature_stats
         return {
             f: float(stats.get(f, {}).get("mean", m)) for f, m in zip(schema.features, schema.scaler_mean)
         }
 
     def wait_ready(self) -> float:
-        """Block until each model answers a real prediction; returns the seconds it took."""
+        """Block until each model answers a real prediction (or, for archives that are not
+        tabserve's, until /ping says Healthy); returns the seconds it took."""
         t0 = time.monotonic()
         deadline = t0 + self.config.startup_timeout
         pending = list(self.models)
@@ -325,13 +331,18 @@ class TorchServe:
                 time.sleep(0.2)
                 continue
             try:
-                r = requests.post(
-                    f"{self.inference_url}/predictions/{model}",
-                    json=samples[model],
-                    headers=headers,
-                    timeout=10,
-                )
-                if r.status_code == 200 and "predictions" in r.json():
+                if samples[model] is None:
+                    r = requests.get(f"{self.inference_url}/ping", headers=headers, timeout=10)
+                    ready = r.status_code == 200 and r.json().get("status") == "Healthy"
+                else:
+                    r = requests.post(
+                        f"{self.inference_url}/predictions/{model}",
+                        json=samples[model],
+                        headers=headers,
+                        timeout=10,
+                    )
+                    ready = r.status_code == 200 and "predictions" in r.json()
+                if ready:
                     pending.pop(0)
                     continue
             except (requests.RequestException, ValueError):

@@ -120,3 +120,36 @@ assert not any(m == "tabserve" or m.startswith("tabserve.") for m in sys.modules
     assert proc.returncode == 0, proc.stderr
     got = probs_of(json.loads(proc.stdout)["predictions"], predictor.classes)
     np.testing.assert_allclose(got, predictor.predict_proba(np.array(IRIS_ROWS)), atol=1e-6)
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def add_counter(self, name: str, value: int) -> None:
+        self.calls.append((name, value))
+
+
+def test_row_counters_are_summed_and_handed_over_at_most_once_per_interval(artifacts, monkeypatch):
+    import tabserve.handler.entry as entry
+
+    clock = [100.0]
+    monkeypatch.setattr(entry.time, "monotonic", lambda: clock[0])
+    h = TabularHandler()
+    h.initialize(make_context(artifacts, []))
+    metrics = RecordingMetrics()
+
+    def send(bodies):
+        ctx = make_context(artifacts, [{"Content-Type": "application/json"}] * len(bodies))
+        ctx.metrics = metrics
+        h.handle([{"body": b} for b in bodies], ctx)
+
+    send([IRIS_ROWS[:2]])  # the first batch is handed over at once
+    assert metrics.calls == [("RowsPredicted", 2)]
+    send([[IRIS_ROWS[0], [1]], b"not json"])  # within the interval: kept
+    clock[0] += 0.5
+    send([IRIS_ROWS[:3]])
+    assert len(metrics.calls) == 1
+    clock[0] += 1.0
+    send([IRIS_ROWS[:1]])
+    assert sorted(metrics.calls[1:]) == [("RequestsRejected", 1), ("RowsPredicted", 5), ("RowsRejected", 1)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -201,15 +202,27 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
-def test_metrics_port_shows_the_handlers_row_counters(client, server):
-    before = requests.get(server.metrics_url, timeout=10).text
-    r = client.post([IRIS_ROWS[0], [1, 2], IRIS_ROWS[1]], "application/json")
-    assert r.status_code == 200
-    assert client.post("not json", "application/json").status_code == 400
-    after = requests.get(server.metrics_url, timeout=10).text
-    assert _metric(after, "RowsPredicted") - _metric(before, "RowsPredicted") == 2
-    assert _metric(after, "RowsRejected") - _metric(before, "RowsRejected") == 1
-    assert _metric(after, "RequestsRejected") - _metric(before, "RequestsRejected") == 1
+def test_metrics_port_shows_the_handlers_row_counters(artifacts, tmp_path):
+    store = tmp_path / "store"
+    archive(ArchiveConfig(artifacts=artifacts, model_store=store, metrics_interval_s=0))
+    ts = start_server(store, tmp_path / "run")
+    try:
+        client = Client(ts)
+        before = requests.get(ts.metrics_url, timeout=10).text
+        r = client.post([IRIS_ROWS[0], [1, 2], IRIS_ROWS[1]], "application/json")
+        assert r.status_code == 200
+        assert client.post("not json", "application/json").status_code == 400
+        want = {"RowsPredicted": 2, "RowsRejected": 1, "RequestsRejected": 1}
+        deadline = time.monotonic() + 10  # the frontend picks metrics up from the worker's log
+        while True:
+            after = requests.get(ts.metrics_url, timeout=10).text
+            got = {name: _metric(after, name) - _metric(before, name) for name in want}
+            if got == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        ts.stop()
+    assert got == want
     assert 'ModelName="iris"' in after
 
 

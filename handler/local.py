@@ -1,0 +1,109 @@
+"""Running the handler outside TorchServe (the local and Spark engines): the small part of
+TorchServe's Context that entry.py uses, and the CSV-in, CSV-out call around it.
+
+Lives in the archive with the handler, so whatever unpacks a .mar can score with its own code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .entry import FIRST_ROW_HEADER, TabularHandler
+
+
+class _Request:
+    """A request's headers in, its status and headers out (TorchServe's RequestProcessor)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+        self.status = 200
+        self.phrase = ""
+        self.response_headers: dict[str, str] = {}
+
+    def get_request_properties(self) -> dict[str, str]:
+        return self.headers
+
+
+class LocalContext:
+    """The slice of TorchServe's Context that the handler reads and writes."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        model_name: str,
+        manifest: dict,
+        model_yaml_config: dict,
+        gpu_id: int | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.manifest = manifest
+        self.model_yaml_config = model_yaml_config
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id}
+        self.metrics = None
+        self.request_processor: list[_Request] = []
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.request_processor[idx].status = code
+        self.request_processor[idx].phrase = phrase
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.request_processor[idx].response_headers["Content-Type"] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.request_processor[idx].response_headers[key] = value
+
+
+class LocalModel:
+    """The handler of an unpacked archive, called with CSV text as TorchServe would call it."""
+
+    def __init__(self, model_dir: Path, gpu_id: int | None = None) -> None:
+        model_dir = Path(model_dir)
+        manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+        config: dict[str, Any] = {}
+        config_file = model_dir / "model-config.yaml"
+        if config_file.exists():
+            config = _read_model_config(config_file)
+        self.name = manifest["model"]["modelName"]
+        self._args = (model_dir, self.name, manifest, config)
+        self.handler = TabularHandler()
+        self.handler.initialize(LocalContext(*self._args, gpu_id=gpu_id))
+
+    def call_csv(self, body: str, first_row: int = 1) -> tuple[int, str]:
+        """(status, answer) for one text/csv request answered as text/csv."""
+        ctx = LocalContext(*self._args)
+        ctx.request_processor = [
+            _Request({"Content-Type": "text/csv", "Accept": "text/csv", FIRST_ROW_HEADER: str(first_row)})
+        ]
+        answer = self.handler.handle([{"body": body}], ctx)[0]
+        return ctx.request_processor[0].status, answer
+
+
+def _read_model_config(path: Path) -> dict[str, Any]:
+    """model-config.yaml with PyYAML when it is there, else the flat subset tabserve writes."""
+    try:
+        import yaml
+
+        return yaml.safe_load(path.read_text()) or {}
+    except ImportError:
+        pass
+    config: dict[str, Any] = {}
+    section: dict[str, Any] | None = None
+    for raw in path.read_text().splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        key, _, value = raw.strip().partition(":")
+        value = value.strip()
+        target = section if raw.startswith((" ", "\t")) and section is not None else config
+        if not value:
+            section = config.setdefault(key, {})
+            continue
+        try:
+            target[key] = int(value)
+        except ValueError:
+            try:
+                target[key] = float(value)
+            except ValueError:
+                target[key] = value
+    return config

@@ -1,0 +1,196 @@
+"""Batch scoring on Spark: the archive's own handler on the executors.
+
+Run by `tabserve score ... --engine spark`, or submitted directly (the driver needs no
+tabserve installation, only this file, pyspark and the .mar):
+
+    spark-submit --master local[*] tabserve/spark_job.py --archive model_store/iris.mar \\
+        INPUT OUTPUT [--partitions N] [--chunk-rows 5000]
+
+INPUT is any path Spark reads (a file or a folder of CSV files with the same header; local,
+oci://bucket@namespace/path, s3a://, hdfs://). OUTPUT is a folder of part files written by
+Spark's committer (atomic per job): read in name order they are the input rows in input order,
+each followed by label, p_<class>... and error, and part-00000 starts with the header.
+
+Each record is one physical line (Spark's text reader splits at every newline: quoted fields
+with newlines are not supported here; the local and TorchServe engines support them). Lines
+equal to the header are headers (as Spark's CSV reader treats them); blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+_models: dict[str, object] = {}
+
+
+class SparkJobError(Exception):
+    """The job cannot start: the message says why."""
+
+
+def _model(mar_name: str):
+    """The archive's handler, unpacked once per Python worker."""
+    if mar_name not in _models:
+        import importlib
+        import importlib.util
+
+        from pyspark import SparkFiles
+
+        into = Path(tempfile.mkdtemp(prefix="tabserve-spark-"))
+        with zipfile.ZipFile(SparkFiles.get(mar_name)) as z:
+            z.extractall(into)
+        pkg = into / "tabserve_handler"
+        name = f"tabserve_handler_{abs(hash(str(into)))}"
+        spec = importlib.util.spec_from_file_location(
+            name, pkg / "__init__.py", submodule_search_locations=[str(pkg)]
+        )
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+        local = importlib.import_module(f"{name}.local")
+        response = importlib.import_module(f"{name}.response")
+        _models[mar_name] = (local.LocalModel(into), response)
+    return _models[mar_name]
+
+
+def _score_partition(
+    mar_name: str, header: str, width: int, chunk_rows: int, columns: str, counted_rows, counted_errors
+):
+    def run(index: int, rows):
+        model, response = _model(mar_name)
+        if index == 0:
+            yield header + "," + columns
+        batch: list[tuple[str, int]] = []
+
+        def flush():
+            lines = [line for line, _ in batch]
+            first = batch[0][1] + 1
+            status, out = model.call_csv(header + "\n" + "\n".join(lines) + "\n", first)
+            if status != 200:
+                msg = json.loads(out)["message"]
+                blank = "," * columns.count(",")
+                results = [
+                    blank + '"' + f"row {first + i}: chunk refused: {msg}".replace('"', '""') + '"'
+                    for i in range(len(lines))
+                ]
+            else:
+                results = out.split("\n")[1 : len(lines) + 1]
+            block, failed = response.merge_rows(lines, results, width)
+            counted_rows.add(len(lines))
+            counted_errors.add(failed)
+            return block.split("\n")[:-1]
+
+        for line, row_index in rows:
+            batch.append((line, row_index))
+            if len(batch) == chunk_rows:
+                yield from flush()
+                batch = []
+        if batch:
+            yield from flush()
+
+    return run
+
+
+def read_first_line(spark, path: str) -> str:
+    """The header, read through Hadoop's file system on the driver: no Spark job."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(conf)
+    if fs.getFileStatus(hpath).isDirectory():
+        files = sorted(
+            (
+                s.getPath()
+                for s in fs.listStatus(hpath)
+                if s.isFile() and not s.getPath().getName().startswith((".", "_"))
+            ),
+            key=lambda p: p.getName(),
+        )
+        if not files:
+            raise SparkJobError(f"{path} holds no files")
+        hpath = files[0]
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(fs.open(hpath), "UTF-8"))
+    try:
+        line = reader.readLine()
+    finally:
+        reader.close()
+    if line is None:
+        raise SparkJobError(f"{path} is empty: expected a CSV header line")
+    return line.rstrip("\r").lstrip("\ufeff")
+
+
+def archive_schema(mar: Path) -> tuple[list[str], list[str]]:
+    with zipfile.ZipFile(mar) as z:
+        schema = json.loads(z.read("schema.json"))
+    return schema["features"], schema["classes"]
+
+
+def run(
+    spark, mar: Path, input_path: str, output: str, partitions: int | None = None, chunk_rows: int = 5000
+) -> None:
+    """Score INPUT into the OUTPUT folder with the archive's handler on the executors."""
+    import csv
+
+    mar = Path(mar)
+    features, classes = archive_schema(mar)
+    header = read_first_line(spark, input_path)
+    names = [n.strip() for n in next(csv.reader([header]))]
+    missing = [f for f in features if f not in names]
+    if missing:
+        raise SparkJobError(
+            f"CSV header lacks feature column(s) {', '.join(map(repr, missing))}; header was {header!r}"
+        )
+    columns = ",".join(["label", *(f"p_{c}" for c in classes), "error"])
+    sc = spark.sparkContext
+    sc.addFile(str(mar))
+    if partitions:
+        # Split the input into about N partitions without a shuffle, which keeps the order.
+        jvm = sc._jvm
+        hpath = jvm.org.apache.hadoop.fs.Path(input_path)
+        size = hpath.getFileSystem(sc._jsc.hadoopConfiguration()).getContentSummary(hpath).getLength()
+        spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(size // partitions + 1, 1 << 16)))
+    lines = spark.read.text(input_path).rdd.map(lambda r: r[0].rstrip("\r"))
+    data = lines.filter(lambda line: line.strip() != "" and line.lstrip("\ufeff") != header)
+    indexed = data.zipWithIndex()  # global data-row numbers, as the other engines count them
+    rows, errors = sc.accumulator(0), sc.accumulator(0)
+    out = indexed.mapPartitionsWithIndex(
+        _score_partition(mar.name, header, len(names), chunk_rows, columns, rows, errors)
+    )
+    out.saveAsTextFile(output)
+    return rows.value, errors.value
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="tabserve batch scoring on Spark")
+    ap.add_argument("input")
+    ap.add_argument("output")
+    ap.add_argument("--archive", required=True, help="the model's .mar (shipped to the executors)")
+    ap.add_argument("--partitions", type=int, default=None)
+    ap.add_argument("--chunk-rows", type=int, default=5000)
+    ap.add_argument("--master", default=None, help="default: what spark-submit or the platform sets")
+    args = ap.parse_args(argv)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName("tabserve-score")
+    if args.master:
+        builder = builder.master(args.master)
+    spark = builder.getOrCreate()
+    try:
+        rows, errors = run(
+            spark, Path(args.archive), args.input, args.output, args.partitions, args.chunk_rows
+        )
+    except SparkJobError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    print(f"scored {rows:,} rows: {rows - errors:,} ok, {errors:,} errors; wrote {args.output}")
+    return 0 if errors == 0 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
