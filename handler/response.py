@@ -90,3 +90,10 @@ def merge_rows(lines: Sequence[str], results: Sequence[str], width: int) -> tupl
                 line = _quote(line) + pad
         out.append(line + "," + result + "\n")
     return "".join(out), errors
+
+
+def refused_rows(first_row: int, count: int, message: str, n_classes: int) -> list[str]:
+    """Result lines for a chunk refused as a whole (a 4xx for the request): every row gets
+    the reason, so no row is lost and each says why it has no prediction."""
+    blank = "," * (n_classes + 1)
+    return [blank + _quote(f"row {first_row + i}: chunk refused: {message}") for i in range(count)]

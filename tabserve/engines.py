@@ -16,8 +16,8 @@ from typing import Protocol
 
 import requests
 
-from .csvio import quote
 from .errors import ConfigError, ServerError
+from .handler.response import refused_rows
 
 # TorchServe answers these when a worker is busy, restarting or out of memory: try again.
 RETRY_STATUS = {408, 429, 500, 502, 503, 504, 507}
@@ -154,9 +154,7 @@ class TorchServeEngine:
         r = self._post(body, first_row)
         if r.status_code != 200:
             # The whole chunk was refused (for example too large): every row says why.
-            empty = "," * (len(self.columns) - 1)
-            msg = _message(r)
-            return [empty + quote(f"row {first_row + i}: chunk refused: {msg}") for i in range(len(lines))]
+            return refused_rows(first_row, len(lines), _message(r), len(self.columns) - 2)
         out = r.text.split("\n")
         if out and out[-1] == "":
             out.pop()
@@ -205,9 +203,7 @@ class LocalEngine:
             return []
         status, out = self.model.call_csv(header + "\n" + "\n".join(lines) + "\n", first_row)
         if status != 200:
-            msg = json.loads(out)["message"]
-            empty = "," * (len(self.columns) - 1)
-            return [empty + quote(f"row {first_row + i}: chunk refused: {msg}") for i in range(len(lines))]
+            return refused_rows(first_row, len(lines), json.loads(out)["message"], len(self.columns) - 2)
         return out.split("\n")[1 : len(lines) + 1]
 
     def close(self) -> None:

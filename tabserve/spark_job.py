@@ -72,11 +72,7 @@ def _score_partition(
             status, out = model.call_csv(header + "\n" + "\n".join(lines) + "\n", first)
             if status != 200:
                 msg = json.loads(out)["message"]
-                blank = "," * columns.count(",")
-                results = [
-                    blank + '"' + f"row {first + i}: chunk refused: {msg}".replace('"', '""') + '"'
-                    for i in range(len(lines))
-                ]
+                results = response.refused_rows(first, len(lines), msg, columns.count(",") - 1)
             else:
                 results = out.split("\n")[1 : len(lines) + 1]
             block, failed = response.merge_rows(lines, results, width)
