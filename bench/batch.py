@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 from common import (
-    DOCS,
     OUT,
     ROOT,
     ensure_model,
@@ -22,6 +21,7 @@ from common import (
     iris_like_csv,
     markdown_table,
     run_measured,
+    save_plot,
 )
 from tabserve.server import ServeConfig, TorchServe, free_ports
 
@@ -155,11 +155,7 @@ def _plot(sweep: list[tuple[int, float]], base: float) -> None:
     ax.set_xlabel("rows per request (--chunk-rows)")
     ax.set_ylabel("rows/s")
     ax.set_title("Batch: rows/s against chunk size")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    DOCS.mkdir(exist_ok=True)
-    fig.savefig(DOCS / "batch.png", dpi=120)
+    save_plot(fig, ax, "batch.png", legend_size=8)
 
 
 if __name__ == "__main__":

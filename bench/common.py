@@ -122,3 +122,13 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def save_plot(fig, ax, name: str, legend_size: int = 8) -> Path:
+    """Legend, grid and layout as every README plot has them; written to docs/NAME."""
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    DOCS.mkdir(exist_ok=True)
+    fig.savefig(DOCS / name, dpi=120)
+    return DOCS / name

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DOCS, OUT, ROOT, ensure_model, markdown_table
+from common import OUT, ROOT, ensure_model, markdown_table, save_plot
 from tabserve.server import ServeConfig, TorchServe, free_ports
 
 SETTINGS = {
@@ -183,11 +183,7 @@ def _plot(results, connections) -> None:
     ax.set_xlabel("connections")
     ax.set_ylabel("single-row requests/s")
     ax.set_title("Online: tabserve vs TorchServe's floor")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    DOCS.mkdir(exist_ok=True)
-    fig.savefig(DOCS / "online.png", dpi=120)
+    save_plot(fig, ax, "online.png", legend_size=7)
 
 
 if __name__ == "__main__":
