@@ -83,24 +83,43 @@ def main() -> None:
     small = scorer("tabserve score (embedded TorchServe, start included)", data, args.rows)
     scorer("tabserve score --engine local", data, args.rows, "--engine", "local")
 
-    ports = free_ports(5)
-    server = TorchServe(
-        ServeConfig(
-            model_store=store,
-            models=("iris",),
-            port=ports[0],
-            management_port=ports[1],
-            metrics_port=ports[2],
-            grpc_ports=(ports[3], ports[4]),
-            run_dir=Path(tempfile.mkdtemp(prefix="tabserve-bench-run-")),
-            batch_size=1,
+    def running_server(**overrides) -> TorchServe:
+        ports = free_ports(5)
+        server = TorchServe(
+            ServeConfig(
+                model_store=store,
+                models=("iris",),
+                port=ports[0],
+                management_port=ports[1],
+                metrics_port=ports[2],
+                grpc_ports=(ports[3], ports[4]),
+                run_dir=Path(tempfile.mkdtemp(prefix="tabserve-bench-run-")),
+                **overrides,
+            )
         )
-    )
-    server.start()
+        server.start()
+        return server
+
+    def url_options(server: TorchServe) -> list[str]:
+        return ["--url", server.inference_url, "--model", "iris", "--token-file", str(server.key_file)]
+
+    # Why the embedded server turns server-side batching off: the same job against the
+    # archive's online settings (batchSize 32, maxBatchDelay 5).
+    server = running_server()
+    try:
+        batched = scorer(
+            "tabserve score --url (running, the archive's batching 32/5)",
+            data,
+            args.rows,
+            *url_options(server),
+        )
+    finally:
+        server.stop()
+    server = running_server(batch_size=1)
     sweep = []
     try:
-        url = ["--url", server.inference_url, "--model", "iris", "--token-file", str(server.key_file)]
-        scorer("tabserve score --url (TorchServe already running)", data, args.rows, *url)
+        url = url_options(server)
+        unbatched = scorer("tabserve score --url (TorchServe already running)", data, args.rows, *url)
         if args.sweep_rows:
             part = iris_like_csv(OUT / f"iris_{args.sweep_rows}.csv", args.sweep_rows)
             for chunk in CHUNKS:
@@ -127,6 +146,8 @@ def main() -> None:
         big = iris_like_csv(OUT / f"iris_{args.big_rows}.csv", args.big_rows)
         large = scorer("tabserve score (embedded TorchServe, start included)", big, args.big_rows)
     md = markdown_table(["job", "rows", "seconds", "rows/s", "vs in-process", "scorer peak RSS (MB)"], table)
+    gain = batched.seconds / unbatched.seconds
+    md += f"\nRunning server, batchSize 1 / the archive's batching: {gain:.2f}x rows/s\n"
     if args.big_rows:
         md += (
             f"\nScorer peak RSS, {args.big_rows:,} rows / {args.rows:,} rows: "

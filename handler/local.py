@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .entry import FIRST_ROW_HEADER, TabularHandler
+from .entry import TabularHandler
+from .rows import FIRST_ROW_HEADER
 
 
 class _Request:

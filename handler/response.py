@@ -97,3 +97,14 @@ def refused_rows(first_row: int, count: int, message: str, n_classes: int) -> li
     the reason, so no row is lost and each says why it has no prediction."""
     blank = "," * (n_classes + 1)
     return [blank + _quote(f"row {first_row + i}: chunk refused: {message}") for i in range(count)]
+
+
+def result_lines(answer: str, count: int) -> list[str]:
+    """The `count` result lines of a text/csv answer (its header line dropped); ValueError
+    when the answer has another number of rows, so no row is ever paired with another's."""
+    lines = answer.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != count + 1:
+        raise ValueError(f"the handler answered {len(lines) - 1} rows for {count}")
+    return lines[1:]

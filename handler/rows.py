@@ -24,6 +24,9 @@ import numpy as np
 
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+# The batch scorer sends a file in chunks; this request header numbers a chunk's first row so
+# that error messages name the row of the file, not of the chunk.
+FIRST_ROW_HEADER = "X-Tabserve-First-Row"
 
 
 class BadRequest(ValueError):

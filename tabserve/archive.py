@@ -40,7 +40,7 @@ class ArchiveConfig:
     workers: int | None = None  # None: TorchServe's default, one per CPU core or GPU
     response_timeout: int = 120  # seconds; a 100,000-row CSV request takes well under this
     torch_threads: int = 1
-    # The handler hands its row counters to TorchServe's (costly) metrics API at most this
+    # The handler hands its row counters to TorchServe's metrics API at most this
     # often; 0 counts every batch at once.
     metrics_interval_s: float = 1.0
 
@@ -131,11 +131,6 @@ def read_schema(mar: Path) -> Schema:
             return Schema.from_dict(json.loads(z.read(SCHEMA_FILE)))
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, SchemaError) as exc:
         raise ArchiveError(f"{mar} is not a tabserve model archive: {exc}") from exc
-
-
-def read_manifest_version(mar: Path) -> str:
-    with zipfile.ZipFile(mar) as z:
-        return str(json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"])
 
 
 def with_settings(mar: Path, out: Path, settings: dict[str, int]) -> Path:

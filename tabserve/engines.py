@@ -17,7 +17,8 @@ from typing import Protocol
 import requests
 
 from .errors import ConfigError, ServerError
-from .handler.response import refused_rows
+from .handler.response import refused_rows, result_lines
+from .handler.rows import FIRST_ROW_HEADER
 
 # TorchServe answers these when a worker is busy, restarting or out of memory: try again.
 RETRY_STATUS = {408, 429, 500, 502, 503, 504, 507}
@@ -91,7 +92,7 @@ class TorchServeEngine:
         return s
 
     def _headers(self, first_row: int) -> dict[str, str]:
-        h = {"Content-Type": "text/csv", "Accept": "text/csv", "X-Tabserve-First-Row": str(first_row)}
+        h = {"Content-Type": "text/csv", "Accept": "text/csv", FIRST_ROW_HEADER: str(first_row)}
         if self._token:
             h["Authorization"] = f"Bearer {self._token}"
         return h
@@ -155,15 +156,10 @@ class TorchServeEngine:
         if r.status_code != 200:
             # The whole chunk was refused (for example too large): every row says why.
             return refused_rows(first_row, len(lines), _message(r), len(self.columns) - 2)
-        out = r.text.split("\n")
-        if out and out[-1] == "":
-            out.pop()
-        if len(out) != len(lines) + 1:
-            raise ServerError(
-                f"TorchServe answered {len(out) - 1} rows for a chunk of {len(lines)} "
-                f"starting at row {first_row}"
-            )
-        return out[1:]
+        try:
+            return result_lines(r.text, len(lines))
+        except ValueError as exc:
+            raise ServerError(f"{self.endpoint}, chunk starting at row {first_row}: {exc}") from exc
 
 
 def _message(r: requests.Response) -> str:
@@ -204,7 +200,7 @@ class LocalEngine:
         status, out = self.model.call_csv(header + "\n" + "\n".join(lines) + "\n", first_row)
         if status != 200:
             return refused_rows(first_row, len(lines), json.loads(out)["message"], len(self.columns) - 2)
-        return out.split("\n")[1 : len(lines) + 1]
+        return result_lines(out, len(lines))
 
     def close(self) -> None:
         import shutil

@@ -2,7 +2,8 @@
 
 Streaming (chunks in flight are bounded, memory does not grow with the file), concurrent
 (chunks go to the engine side by side, the output keeps the input's order), resumable (a
-checkpoint after every written chunk), and nothing lost: one output row per input data row.
+checkpoint at most once a second while it runs, and one when it stops early), and nothing
+lost: one output row per input data row.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class ScoreConfig:
     resume: bool = False
     max_errors: int | None = None
     config_file: Path = DEFAULT_CONFIG
-    engine: str = "torchserve"  # "local": the archive's handler in this process; "spark"
+    engine: str = "torchserve"  # "local": the archive's handler in worker processes; "spark"
     master: str = "local[*]"  # --engine spark
     partitions: int | None = None  # --engine spark: about this many input splits
     timeout: float = 300.0
@@ -78,6 +79,8 @@ class ScoreConfig:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine != "torchserve" and self.url:
             raise ConfigError(f"--url applies to --engine torchserve, not {self.engine}")
+        if self.url and not self.model:
+            raise ConfigError("--url needs --model NAME")
 
     @property
     def workers(self) -> int:
@@ -185,8 +188,9 @@ def start_embedded(config: ScoreConfig, model: str, stack: ExitStack) -> tuple[s
             run_dir=run_dir,
             extra_properties={"token_expiration_min": str(EMBEDDED_TOKEN_MINUTES)},
             tied_to_owner=True,
-            # The scorer's requests are whole chunks already: server-side batching would only
-            # queue several chunks on one worker while another idles (measured: 1.4x slower).
+            # The scorer's requests are whole chunks already, so server-side batching has
+            # nothing to gain (bench/batch.py: within a few percent either way at 5,000-row
+            # chunks) and would only add its delay and tie several chunks to one worker.
             batch_size=1,
         )
     )
@@ -215,19 +219,12 @@ def score(config: ScoreConfig, engine: Engine | None = None) -> ScoreResult:
 
         if engine is None:
             if config.engine == "local":
-                mar = Path(config.model_store) / f"{_embedded_model(config)}.mar"
-                if not mar.is_file():
-                    raise ConfigError(f"{mar} not found; run tabserve archive first")
-                local = LocalPoolEngine(mar, config.concurrency or os.cpu_count() or 1)
+                local = LocalPoolEngine(_archive(config), config.concurrency or os.cpu_count() or 1)
                 stack.callback(local.close)
                 engine = local
             elif config.url:
                 tokens = TokenSource(config.token, config.token_file)
-                engine = TorchServeEngine(
-                    config.url, config.model or "", tokens, config.timeout, config.retries
-                )
-                if not config.model:
-                    raise ConfigError("--url needs --model NAME")
+                engine = TorchServeEngine(config.url, config.model, tokens, config.timeout, config.retries)
             else:
                 model = _embedded_model(config)
                 url, tokens = start_embedded(config, model, stack)
@@ -261,6 +258,7 @@ def score(config: ScoreConfig, engine: Engine | None = None) -> ScoreResult:
         bar = Progress(None, "rows", enabled=config.progress)
         sized = bool(size) and not config.input.endswith(".gz")
         done_ok = False
+        latest: Checkpoint | None = checkpoint  # after the last chunk written so far
         try:
             pool = ThreadPoolExecutor(config.workers, thread_name_prefix="tabserve-score")
             stack.callback(pool.shutdown, wait=False, cancel_futures=True)
@@ -268,29 +266,30 @@ def score(config: ScoreConfig, engine: Engine | None = None) -> ScoreResult:
             last_checkpoint = float("-inf")
 
             def write_oldest() -> None:
-                nonlocal rows, errors, blanks, last_checkpoint
+                nonlocal rows, errors, blanks, last_checkpoint, latest
                 chunk, future = inflight.popleft()
                 block, failed = merge_rows(chunk.lines, future.result(), width)
                 written = out.write_block(block)
                 rows += len(chunk.lines)
                 errors += failed
                 blanks += chunk.blank_lines
+                latest = Checkpoint(
+                    config.input,
+                    size,
+                    mtime,
+                    header,
+                    chunk.index + 1,
+                    chunk.first_row + len(chunk.lines),
+                    chunk.end_offset,
+                    written,
+                    rows,
+                    errors,
+                    blanks,
+                )
                 now = time.monotonic()
                 if out.part is not None and now - last_checkpoint >= CHECKPOINT_SECONDS:
                     last_checkpoint = now
-                    Checkpoint(
-                        config.input,
-                        size,
-                        mtime,
-                        header,
-                        chunk.index + 1,
-                        chunk.first_row + len(chunk.lines),
-                        chunk.end_offset,
-                        written,
-                        rows,
-                        errors,
-                        blanks,
-                    ).save(config.output)
+                    latest.save(config.output)
                 bar.update(rows, fraction=chunk.end_offset / size if sized else None)
                 if config.max_errors is not None and errors >= config.max_errors:
                     raise JobFailed(
@@ -304,22 +303,40 @@ def score(config: ScoreConfig, engine: Engine | None = None) -> ScoreResult:
                     write_oldest()
             while inflight:
                 write_oldest()
-            bar.close()
             out.commit()
             Checkpoint.path_for(config.output).unlink(missing_ok=True)
             done_ok = True
         except JobFailed:
+            _keep(latest, out, config)
             raise
         except TabserveError as exc:
-            raise JobFailed(f"{exc}\n{_how_to_resume(config, rows)}") from exc
+            raise JobFailed(f"{exc}\n{_how_to_resume(config, _keep(latest, out, config))}") from exc
         except KeyboardInterrupt:
-            raise JobFailed(f"interrupted\n{_how_to_resume(config, rows)}") from None
+            raise JobFailed(f"interrupted\n{_how_to_resume(config, _keep(latest, out, config))}") from None
         finally:
             bar.close()
             if not done_ok:
                 out.abandon()
     resumed = checkpoint.rows if checkpoint else 0
     return ScoreResult(rows, errors, blanks, time.monotonic() - t0, config.output, resumed)
+
+
+def _archive(config: ScoreConfig) -> Path:
+    """The .mar the local and Spark engines unpack."""
+    mar = Path(config.model_store) / f"{_embedded_model(config)}.mar"
+    if not mar.is_file():
+        raise ConfigError(f"{mar} not found; run tabserve archive first")
+    return mar
+
+
+def _keep(latest: Checkpoint | None, out: OutputFile, config: ScoreConfig) -> int:
+    """When a job stops early, checkpoint the last chunk it wrote (the periodic ones may lag
+    behind); returns the rows that --resume will not score again."""
+    if latest is None:
+        return 0
+    if out.part is not None:
+        latest.save(config.output)
+    return latest.rows
 
 
 def _how_to_resume(config: ScoreConfig, rows: int) -> str:
@@ -343,9 +360,7 @@ def score_on_spark(config: ScoreConfig) -> ScoreResult:
 
     if "-" in (config.input, config.output):
         raise ConfigError("--engine spark reads and writes paths, not - (stdin/stdout)")
-    mar = Path(config.model_store) / f"{_embedded_model(config)}.mar"
-    if not mar.is_file():
-        raise ConfigError(f"{mar} not found; run tabserve archive first")
+    mar = _archive(config)
     import sys
 
     from py4j.protocol import Py4JJavaError

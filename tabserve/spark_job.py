@@ -33,7 +33,8 @@ class SparkJobError(Exception):
 
 
 def _model(mar_name: str):
-    """The archive's handler, unpacked once per Python worker."""
+    """The archive's handler, unpacked once per Python worker. (tabserve.engines has the same
+    loader; this module must run where tabserve is not installed, so it keeps its own.)"""
     if mar_name not in _models:
         import importlib
         import importlib.util
@@ -74,7 +75,7 @@ def _score_partition(
                 msg = json.loads(out)["message"]
                 results = response.refused_rows(first, len(lines), msg, columns.count(",") - 1)
             else:
-                results = out.split("\n")[1 : len(lines) + 1]
+                results = response.result_lines(out, len(lines))
             block, failed = response.merge_rows(lines, results, width)
             counted_rows.add(len(lines))
             counted_errors.add(failed)

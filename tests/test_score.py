@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,11 @@ def check_output(out: Path, inp: Path, x: np.ndarray, predictor) -> list[list[st
     np.testing.assert_allclose(probs, predictor.predict_proba(x), rtol=0, atol=1e-6)
     assert [r[6] for r in good] == [predictor.classes[k] for k in probs.argmax(1)]
     return rows
+
+
+def url_options(server) -> list[str]:
+    """The options that point tabserve score at a running TorchServe."""
+    return ["--url", server.inference_url, "--model", "iris", "--token-file", str(server.key_file)]
 
 
 def leftover_servers() -> list[psutil.Process]:
@@ -143,12 +149,7 @@ def test_score_against_a_running_server_agrees_with_the_embedded_one(
         str(inp),
         "-o",
         str(remote),
-        "--url",
-        server.inference_url,
-        "--model",
-        "iris",
-        "--token-file",
-        str(server.key_file),
+        *url_options(server),
         "--chunk-rows",
         "37",
         "--concurrency",
@@ -267,6 +268,8 @@ def test_max_errors_stops_early_and_says_where_the_rows_are(tmp_path, model_stor
     err = capsys.readouterr().err
     assert "stopped after 20 rows: 20 rows failed (--max-errors 20); the rows so far are in" in err
     assert not out.exists()
+    # The job stopped within a second of starting: the checkpoint is the one it wrote on stopping.
+    assert json.loads(Path(str(out) + ".part.json").read_text())["rows"] == 20
 
 
 def test_killing_a_worker_mid_job_loses_no_row(tmp_path, artifacts, predictor):
@@ -392,12 +395,7 @@ def test_local_engine_writes_the_same_bytes_as_torchserve(tmp_path, model_store,
         str(inp),
         "-o",
         str(remote),
-        "--url",
-        server.inference_url,
-        "--model",
-        "iris",
-        "--token-file",
-        str(server.key_file),
+        *url_options(server),
         *common,
     ]
     assert main(argv) == 2
