@@ -2,14 +2,19 @@
 
 TorchServe may put several HTTP requests into one call (server-side batching). Each request is
 decoded on its own, all good rows run through the model in one pass, and each request gets its
-own answer and status: a bad request is answered 400 and never fails the others.
+own answer and status. This is the handler's containment boundary: whatever goes wrong with
+one request, by any exception, becomes that request's answer (400, 413 or 500) and never
+fails the others, and no answer can outgrow TorchServe's response limit (which would kill the
+worker and with it every request in flight).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,17 @@ import torch
 
 from .predictor import Predictor, pick_device
 from .response import error_body, to_csv, to_json
-from .rows import FIRST_ROW_HEADER, JSON_TYPES, BadRequest, Rows, decode, from_json
+from .rows import (
+    CSV_HEADER_HEADER,
+    FIRST_ROW_HEADER,
+    FORM_TYPE,
+    JSON_TYPES,
+    BadRequest,
+    Limits,
+    Rows,
+    decode,
+    from_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +51,39 @@ def _headers(context: Any, idx: int) -> dict[str, str]:
     return {k.lower(): v for k, v in props.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _body(request: dict[str, Any]) -> Any:
+def _body(request: dict[str, Any], content_type: str | None) -> Any:
     for key in ("body", "data"):
         if request.get(key) is not None:
             return request[key]
+    if (content_type or "").split(";")[0].strip().lower() == FORM_TYPE:
+        # `curl -d` without a Content-Type sends the JSON or CSV it holds as a form, and
+        # TorchServe's frontend splits it into fields: text with `=` or `&` arrives as fields
+        # (put back together here), text without them arrives as nothing at all.
+        parts = []
+        for key, value in request.items():
+            value = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+            parts.append(f"{key}={value}" if value else str(key))
+        if not parts:
+            raise BadRequest(FORM_LOST)
+        return "&".join(parts)
     return None
+
+
+FORM_LOST = (
+    "the body arrived as an HTML form (Content-Type: application/x-www-form-urlencoded, what "
+    "`curl -d` sends when no Content-Type is given) and TorchServe passes no form text on: "
+    "send it again with -H 'Content-Type: application/json' (or text/csv for CSV rows)"
+)
+
+
+@dataclass
+class _Request:
+    """One decoded request of a batch."""
+
+    idx: int
+    rows: Rows
+    first_row: int
+    csv_answer: bool
 
 
 class TabularHandler:
@@ -50,6 +93,7 @@ class TabularHandler:
     def __init__(self) -> None:
         self.predictor: Predictor | None = None
         self.model_info: dict[str, str] = {}
+        self.limits = Limits()
         self.metrics_interval = 1.0
         self._pending: dict[str, int] = {}
         self._flushed = float("-inf")
@@ -61,6 +105,10 @@ class TabularHandler:
         # model is tiny, so more threads only contend with each other.
         torch.set_num_threads(int(settings.get("torch_threads", 1)))
         self.metrics_interval = float(settings.get("metrics_interval_s", 1.0))
+        self.limits = Limits.from_settings(settings)
+        if self.limits.max_field_bytes > csv.field_size_limit():
+            # The csv module's limit is process-wide; raised (never lowered) in this worker.
+            csv.field_size_limit(self.limits.max_field_bytes)
         device = pick_device(props.get("gpu_id"))
         self.predictor = Predictor(Path(props.get("model_dir") or os.getcwd()), device)
         manifest = getattr(context, "manifest", None) or {}
@@ -68,7 +116,7 @@ class TabularHandler:
             "name": str(getattr(context, "model_name", None) or self.predictor.schema.name),
             "version": str(manifest.get("model", {}).get("modelVersion", "")),
         }
-        log.info("tabserve handler ready: %s on %s", self.model_info, device)
+        log.info("tabserve handler ready: %s on %s, limits %s", self.model_info, device, self.limits)
 
     def _count(self, context: Any, **counts: int) -> None:
         """Prometheus counters on TorchServe's metrics port (model_metrics_auto_detect=true).
@@ -93,58 +141,62 @@ class TabularHandler:
                     log.debug("could not record metric %s", name, exc_info=True)
         self._pending.clear()
 
+    def _answer(self, context: Any, idx: int, status: int, body: str, content_type: str) -> str:
+        try:
+            if status != 200:
+                context.set_response_status(status, _PHRASES.get(status, "Error"), idx)
+            context.set_response_content_type(idx, content_type)
+        except Exception:  # a context without per-request status still gets the body
+            log.debug("could not set the status of request %d", idx, exc_info=True)
+        return body
+
+    def _decode(self, context: Any, idx: int, request: Any) -> _Request:
+        headers = _headers(context, idx)
+        if not isinstance(request, dict):
+            raise BadRequest(f"TorchServe handed over a {type(request).__name__}, not a request")
+        ctype = headers.get("content-type")
+        forced = (headers.get(CSV_HEADER_HEADER.lower()) or "").strip().lower() == "present"
+        first_row = _first_row(headers.get(FIRST_ROW_HEADER.lower()))
+        rows = _decode(_body(request, ctype), ctype, self.predictor.features, first_row, self.limits, forced)
+        accept = headers.get("accept", "").split(";")[0].strip().lower()
+        return _Request(idx, rows, first_row, accept in CSV_ACCEPT)
+
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         assert self.predictor is not None, "handler used before initialize()"
-        features = self.predictor.features
         answers: list[str | None] = [None] * len(data)
-        decoded: list[tuple[int, Rows, dict[str, str]]] = []
+        decoded: list[_Request] = []
         rejected_requests = 0
         for idx, request in enumerate(data):
-            # How many requests TorchServe put into this call: observable by clients and tests.
-            context.set_response_header(idx, "x-tabserve-batch", str(len(data)))
-            headers = _headers(context, idx)
             try:
-                rows = _decode(
-                    _body(request),
-                    headers.get("content-type"),
-                    features,
-                    _first_row(headers.get(FIRST_ROW_HEADER.lower())),
-                )
+                # How many requests TorchServe put into this call: observable by clients and tests.
+                context.set_response_header(idx, "x-tabserve-batch", str(len(data)))
+            except Exception:
+                pass
+            try:
+                decoded.append(self._decode(context, idx, request))
             except BadRequest as exc:
                 rejected_requests += 1
-                answers[idx] = error_body(400, str(exc))
-                context.set_response_status(400, "Bad Request", idx)
-                context.set_response_content_type(idx, "application/json")
-                continue
-            decoded.append((idx, rows, headers))
+                answers[idx] = self._answer(context, idx, exc.status, error_body(exc.status, str(exc)), _JSON)
+            except Exception as exc:  # the boundary: any failure to read a body is its own 400
+                rejected_requests += 1
+                log.warning("request %d of the batch could not be decoded", idx, exc_info=True)
+                message = f"the body could not be read: {type(exc).__name__}: {str(exc)[:200]}"
+                answers[idx] = self._answer(context, idx, 400, error_body(400, message), _JSON)
 
-        # Small requests (online traffic) share one model pass. A request of POOL_MAX_ROWS
-        # rows or more (a batch chunk) gets a pass of its own: a float32 matmul's last bits
-        # depend on a row's position in the batch, and a chunk's answer must depend on that
-        # chunk only, so a resumed batch job writes the same bytes whatever TorchServe
-        # batched its chunks with.
-        small = [(i, r) for i, r, _ in decoded if len(r) < POOL_MAX_ROWS]
-        results: dict[int, np.ndarray] = {}
-        if len(small) > 1:
-            pooled = self.predictor.predict_rows(
-                Rows(np.concatenate([r.values for _, r in small]), [e for _, r in small for e in r.errors])
-            )
-            start = 0
-            for i, r in small:
-                results[i] = pooled[start : start + len(r)]
-                start += len(r)
+        results = self._pooled([d for d in decoded if len(d.rows) < POOL_MAX_ROWS])
         predicted_rows = rejected_rows = 0
-        for idx, rows, headers in decoded:
-            probs = results[idx] if idx in results else self.predictor.predict_rows(rows)
-            failed = sum(e is not None for e in rows.errors)
-            predicted_rows += len(rows) - failed
-            rejected_rows += failed
-            if headers.get("accept", "").split(";")[0].strip() in CSV_ACCEPT:
-                answers[idx] = to_csv(probs, rows.errors, self.predictor.classes)
-                context.set_response_content_type(idx, "text/csv")
-            else:
-                answers[idx] = to_json(probs, rows.errors, self.predictor.classes, self.model_info)
-                context.set_response_content_type(idx, "application/json")
+        for d in decoded:
+            try:
+                probs, errors = results.get(d.idx) or self.predictor.predict_rows(d.rows, d.first_row)
+                failed = sum(e is not None for e in errors)
+                answers[d.idx] = self._encode(context, d, probs, errors)
+                predicted_rows += len(errors) - failed
+                rejected_rows += failed
+            except Exception as exc:  # the boundary for the model pass and the encoding
+                rejected_requests += 1
+                log.error("prediction failed for request %d of the batch", d.idx, exc_info=True)
+                message = f"prediction failed for this request: {type(exc).__name__}: {str(exc)[:200]}"
+                answers[d.idx] = self._answer(context, d.idx, 500, error_body(500, message), _JSON)
         self._count(
             context,
             RowsPredicted=predicted_rows,
@@ -153,21 +205,74 @@ class TabularHandler:
         )
         return answers  # type: ignore[return-value]  (every slot was filled)
 
+    def _pooled(self, small: list[_Request]) -> dict[int, tuple[np.ndarray, list[str | None]]]:
+        """One model pass for the small requests of a batch (online traffic). A request of
+        POOL_MAX_ROWS rows or more (a batch chunk) gets a pass of its own: a float32 matmul's
+        last bits depend on a row's position in the batch, and a chunk's answer must depend on
+        that chunk only, so a resumed batch job writes the same bytes whatever TorchServe
+        batched its chunks with. If the pooled pass fails, each request gets a pass of its own
+        (the caller's), so one request's failure stays its own."""
+        if len(small) < 2:
+            return {}
+        try:
+            screened = [self.predictor.screen(d.rows, d.first_row) for d in small]
+            good = [r.values[r.ok] for r in screened]
+            pooled = self.predictor.predict_proba(np.concatenate(good))
+            out, start = {}, 0
+            for d, r, g in zip(small, screened, good):
+                out[d.idx] = self.predictor.place(r, pooled[start : start + len(g)], d.first_row)
+                start += len(g)
+            return out
+        except Exception:
+            log.warning("pooled model pass failed; predicting request by request", exc_info=True)
+            return {}
+
+    def _encode(self, context: Any, d: _Request, probs: np.ndarray, errors: list[str | None]) -> str:
+        classes = self.predictor.classes
+        if d.csv_answer:
+            body, ctype = to_csv(probs, errors, classes), "text/csv; charset=utf-8"
+        else:
+            body, ctype = to_json(probs, errors, classes, self.model_info), _JSON
+        limit = self.limits.max_answer_bytes
+        if len(body) * 4 > limit and len(body.encode("utf-8")) > limit:
+            message = (
+                f"the answer to this request would be over {limit:,} bytes (max_answer_bytes): "
+                "send fewer rows per request"
+            )
+            return self._answer(context, d.idx, 413, error_body(413, message), _JSON)
+        return self._answer(context, d.idx, 200, body, ctype)
+
+
+_JSON = "application/json"
+_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server Error"}
+
 
 def _first_row(value: str | None) -> int:
+    """The X-Tabserve-First-Row header: a row number between 1 and 10**15, else 1."""
     try:
-        return max(1, int(value)) if value else 1
+        n = int(value) if value and len(value) <= 16 else 1
     except ValueError:
         return 1
+    return n if 1 <= n <= 10**15 else 1
 
 
-def _decode(body: Any, content_type: str | None, features: tuple[str, ...], first_row: int = 1) -> Rows:
+def _decode(
+    body: Any,
+    content_type: str | None,
+    features: tuple[str, ...],
+    first_row: int = 1,
+    limits: Limits | None = None,
+    header: bool = False,
+) -> Rows:
     """TorchServe has already parsed application/json bodies (bytes are left when that
     failed), so a str here is a JSON string value, not text to parse again."""
+    limits = limits or Limits()
+    if body is None:
+        raise BadRequest("the request has no body; send JSON or CSV rows in the request body")
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype in JSON_TYPES and not isinstance(body, (bytes, bytearray)):
-        return from_json(body, features, first_row)
-    return decode(body, content_type, features, first_row)
+        return from_json(body, features, first_row, limits)
+    return decode(body, content_type, features, first_row, limits, header=True if header else None)
 
 
 _handler = TabularHandler()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .entry import TabularHandler
-from .rows import FIRST_ROW_HEADER
+from .rows import CSV_HEADER_HEADER, FIRST_ROW_HEADER
 
 
 class _Request:
@@ -71,12 +71,19 @@ class LocalModel:
         self.handler = TabularHandler()
         self.handler.initialize(LocalContext(*self._args, gpu_id=gpu_id))
 
-    def call_csv(self, body: str, first_row: int = 1) -> tuple[int, str]:
-        """(status, answer) for one text/csv request answered as text/csv."""
+    def call_csv(self, body: str, first_row: int = 1, header: bool = True) -> tuple[int, str]:
+        """(status, answer) for one text/csv request answered as text/csv, sent as the
+        TorchServe engine sends it: `header` says the body's first line is the input's
+        header (CSV_HEADER_HEADER), `first_row` numbers its first data row."""
         ctx = LocalContext(*self._args)
-        ctx.request_processor = [
-            _Request({"Content-Type": "text/csv", "Accept": "text/csv", FIRST_ROW_HEADER: str(first_row)})
-        ]
+        headers = {
+            "Content-Type": "text/csv; charset=utf-8",
+            "Accept": "text/csv",
+            FIRST_ROW_HEADER: str(first_row),
+        }
+        if header:
+            headers[CSV_HEADER_HEADER] = "present"
+        ctx.request_processor = [_Request(headers)]
         answer = self.handler.handle([{"body": body}], ctx)[0]
         return ctx.request_processor[0].status, answer
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .model import load_model
-from .rows import Rows
+from .rows import FLOAT32_MAX, Rows
 from .schema import Schema
 
 
@@ -38,20 +38,53 @@ class Predictor:
     def classes(self) -> tuple[str, ...]:
         return self.schema.classes
 
+    def scale(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self._mean) / self._scale
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Probabilities, shape (n, n_classes), for raw (unscaled) rows of shape (n, n_features)."""
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float64)
-        scaled = (np.asarray(x, dtype=np.float64) - self._mean) / self._scale
-        batch = torch.from_numpy(scaled.astype(np.float32)).to(self.device)
+        batch = torch.from_numpy(self.scale(x).astype(np.float32)).to(self.device)
         with torch.inference_mode():
             probs = torch.softmax(self.model(batch), dim=1)
         return probs.cpu().numpy().astype(np.float64)
 
-    def predict_rows(self, rows: Rows) -> np.ndarray:
-        """Probabilities for every row; rows with errors get NaN."""
-        out = np.full((len(rows), len(self.classes)), np.nan, dtype=np.float64)
+    def screen(self, rows: Rows, first_row: int = 1) -> Rows:
+        """The rows with an error added where a feature is finite but too large for float32
+        once scaled (it would reach the model as infinity). `first_row` numbers the rows in
+        messages, as in decoding."""
         ok = rows.ok
-        if ok.any():
-            out[ok] = self.predict_proba(rows.values[ok])
-        return out
+        with np.errstate(over="ignore", invalid="ignore"):
+            fits = np.abs(self.scale(rows.values)) <= FLOAT32_MAX
+        bad = ok & ~fits.all(axis=1)
+        if not bad.any():
+            return rows
+        errors = list(rows.errors)
+        values = rows.values.copy()
+        for i in np.flatnonzero(bad):
+            j = int(np.flatnonzero(~fits[i])[0])
+            errors[i] = (
+                f"row {first_row + i}: feature {self.features[j]!r} is too large: "
+                f"{rows.values[i, j]!r} is out of float32 range once scaled"
+            )
+            values[i] = 0.0
+        return Rows(values, errors)
+
+    def place(self, rows: Rows, probs: np.ndarray, first_row: int = 1) -> tuple[np.ndarray, list[str | None]]:
+        """Every row's probabilities (zeros where it has an error) and errors, from the
+        probabilities of its good rows; a row whose probabilities are not finite gets an
+        error too, so no NaN or infinity ever leaves the handler."""
+        errors = list(rows.errors)
+        out = np.zeros((len(rows), len(self.classes)), dtype=np.float64)
+        ok = np.flatnonzero(rows.ok)
+        finite = np.isfinite(probs).all(axis=1)
+        out[ok[finite]] = probs[finite]
+        for i in ok[~finite]:
+            errors[i] = f"row {first_row + i}: the model's output is not finite for these feature values"
+        return out, errors
+
+    def predict_rows(self, rows: Rows, first_row: int = 1) -> tuple[np.ndarray, list[str | None]]:
+        """Probabilities (zeros for failed rows) and errors for every row."""
+        rows = self.screen(rows, first_row)
+        return self.place(rows, self.predict_proba(rows.values[rows.ok]), first_row)

@@ -34,6 +34,7 @@ def to_json(
     return json.dumps(
         {"predictions": predictions(probs, errors, classes), "model": model},
         separators=(",", ":"),
+        allow_nan=False,  # strict JSON: the predictor never lets NaN or infinity through
     )
 
 
@@ -60,9 +61,10 @@ def _quote(field: str) -> str:
 
 
 def error_body(status: int, message: str) -> str:
-    return json.dumps(
-        {"code": status, "type": "BadRequest" if status == 400 else "Error", "message": message}
-    )
+    return json.dumps({"code": status, "type": _ERROR_TYPES.get(status, "Error"), "message": message})
+
+
+_ERROR_TYPES = {400: "BadRequest", 413: "PayloadTooLarge", 500: "InternalServerError"}
 
 
 def field_count(line: str) -> int:

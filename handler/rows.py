@@ -1,13 +1,20 @@
 """Request bodies in, a matrix of feature rows and per-row errors out.
 
-This is the only place that decides what a good row is. The online handler, the batch scorer
-and every other engine call it, so they cannot disagree. Rows are numbered from 1 in messages
-("row 1" is the first data row of the body, after any header), offset by `first_row` when a
-caller scores a slice of a larger file.
+This is the only place that decides what a good row is, and the handler's containment
+boundary: whatever a body holds, decoding it either gives Rows (one per record, each good or
+with its own error) or raises BadRequest for that body alone. The online handler, the batch
+scorer and every other engine call it, so they cannot disagree. Rows are numbered from 1 in
+messages ("row 1" is the first data row of the body, after any header), offset by `first_row`
+when a caller scores a slice of a larger file.
 
 Two kinds of failure:
 - a row that is wrong gets its own message and the other rows are still predicted;
-- a body that cannot be read at all raises BadRequest (the server answers HTTP 400).
+- a body that cannot be read at all, or that is over a limit, raises BadRequest (the server
+  answers HTTP 400, or 413 for a body with too many rows).
+
+Limits (model-config.yaml, `handler:` section; see Limits) keep one body from exhausting a
+worker: JSON nesting depth, the length of one CSV field, rows per request. Messages quote at
+most PREVIEW characters of what arrived, so an answer's size is bounded by its row count.
 """
 
 from __future__ import annotations
@@ -16,21 +23,62 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+FORM_TYPE = "application/x-www-form-urlencoded"
 # The batch scorer sends a file in chunks; this request header numbers a chunk's first row so
 # that error messages name the row of the file, not of the chunk.
 FIRST_ROW_HEADER = "X-Tabserve-First-Row"
+# The batch scorer sends the input's header line first in every chunk and says so with this
+# request header ("present"): the first line is then always read as the header, so a header
+# that names none of the model's features is refused (400) instead of read as a data row.
+CSV_HEADER_HEADER = "X-Tabserve-Csv-Header"
+# Characters of a bad value quoted in a message; longer values are cut with "...".
+PREVIEW = 40
+# The largest magnitude float32 holds: a scaled feature beyond it would be infinite in the model.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class BadRequest(ValueError):
-    """The body as a whole cannot be read; answered with HTTP 400."""
+    """The body as a whole cannot be read; answered with HTTP 400 (or `status`)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold. Defaults keep the largest answer (every row an error, each
+    message at most about 200 bytes) near 20 MB, well under TorchServe's 64 MiB
+    max_response_size, whose excess kills the worker instead of failing the request."""
+
+    max_rows: int = 100_000  # rows per request; more is refused with 413 before any work
+    max_depth: int = 8  # JSON nesting (tabserve's forms need 3: {"instances": [[...]]})
+    max_field_bytes: int = 131_072  # one CSV field (the csv module's own default limit)
+    max_answer_bytes: int = 60 * 1024 * 1024  # a last guard on the encoded answer (413)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None) -> Limits:
+        """The `handler:` section of model-config.yaml; unknown keys are ignored."""
+        settings = settings or {}
+        values = {}
+        for f in fields(cls):
+            if f.name in settings:
+                value = int(settings[f.name])
+                if value < 1:
+                    raise ValueError(f"handler setting {f.name} must be at least 1, got {value}")
+                values[f.name] = value
+        return cls(**values)
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass
@@ -58,41 +106,109 @@ def expected_forms(features: Sequence[str]) -> str:
     )
 
 
-def decode(body: Any, content_type: str | None, features: Sequence[str], first_row: int = 1) -> Rows:
+def preview(value: Any, csv_field: bool = False) -> str:
+    """A short, printable picture of a bad value for a message: never long, never raises.
+    A JSON value is shown as JSON, a CSV field as a Python string literal."""
+    if (isinstance(value, str) and csv_field) or type(value) is float:
+        text = repr(value)
+    elif isinstance(value, (list, dict)):
+        text = "a list" if isinstance(value, list) else "an object"
+        return f"{text} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    else:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError):
+            text = type(value).__name__
+    return text if len(text) <= PREVIEW else text[: PREVIEW - 3] + "..."
+
+
+def decode(
+    body: Any,
+    content_type: str | None,
+    features: Sequence[str],
+    first_row: int = 1,
+    limits: Limits = DEFAULT_LIMITS,
+    header: bool | None = None,
+) -> Rows:
     """Decode one request body of any accepted form into Rows.
 
     `body` is what TorchServe hands over: bytes, a str (text/* bodies), or an already parsed
-    JSON value (application/json bodies).
+    JSON value (application/json bodies). `header=True` says the first CSV line is a header.
     """
     ctype = (content_type or "").split(";")[0].strip().lower()
-    if isinstance(body, (bytes, bytearray)):
+    if isinstance(body, (bytes, bytearray, memoryview)):
         try:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BadRequest(f"body is not UTF-8 text; {expected_forms(features)}") from exc
+            raise BadRequest(
+                f"body is not UTF-8 text (bad byte at offset {exc.start}); {expected_forms(features)}"
+            ) from exc
     if isinstance(body, str):
         text = body.lstrip("\ufeff")
         if not text.strip():
             raise BadRequest(f"empty body; {expected_forms(features)}")
         if ctype in JSON_TYPES or (ctype not in CSV_TYPES and text.lstrip()[:1] in ("[", "{")):
-            try:
-                body = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise BadRequest(f"body is not valid JSON ({exc}); {expected_forms(features)}") from exc
+            body = parse_json(text, features, limits)
         else:
-            return from_csv(text, features, first_row=first_row)
-    return from_json(body, features, first_row=first_row)
+            return from_csv(text, features, first_row=first_row, header=header, limits=limits)
+    return from_json(body, features, first_row=first_row, limits=limits)
+
+
+def parse_json(text: str, features: Sequence[str], limits: Limits = DEFAULT_LIMITS) -> Any:
+    """json.loads with every way it can fail (syntax, nesting, integers of more than 4,300
+    digits) turned into BadRequest, and the nesting limit checked."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise BadRequest(
+            f"JSON nesting deeper than {limits.max_depth} levels; {expected_forms(features)}"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, and int() of a number over 4,300 digits
+        what = "number too long" if "digits" in str(exc) else "not valid JSON"
+        raise BadRequest(f"body is {what} ({_cut(str(exc))}); {expected_forms(features)}") from exc
+    check_depth(value, features, limits)
+    return value
+
+
+def check_depth(value: Any, features: Sequence[str], limits: Limits = DEFAULT_LIMITS) -> None:
+    """BadRequest when a parsed JSON value nests deeper than the limit (iteratively: a value
+    nested 100,000 levels deep must not exhaust the stack here either)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limits.max_depth:
+                raise BadRequest(
+                    f"JSON nesting deeper than {limits.max_depth} levels; {expected_forms(features)}"
+                )
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
+
+
+def _cut(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 # --- JSON -------------------------------------------------------------------------------------
 
 
-def _is_number(v: Any) -> bool:
-    return (type(v) is float or type(v) is int) and v is not True and v is not False
+def _number(v: Any) -> tuple[float, str | None]:
+    """A JSON value as a finite float, or the reason it is not one."""
+    if type(v) is float:
+        return (v, None) if math.isfinite(v) else (0.0, "is not finite")
+    if type(v) is int:
+        try:
+            return float(v), None
+        except OverflowError:
+            return 0.0, "is a number too large"
+    return 0.0, "is not a number"
 
 
-def from_json(obj: Any, features: Sequence[str], first_row: int = 1) -> Rows:
+def from_json(obj: Any, features: Sequence[str], first_row: int = 1, limits: Limits = DEFAULT_LIMITS) -> Rows:
     """Rows from a parsed JSON value: a row, a list of rows, or {"instances": [...]}."""
+    check_depth(obj, features, limits)
     if isinstance(obj, dict):
         if "instances" in obj:
             rows = obj["instances"]
@@ -108,7 +224,8 @@ def from_json(obj: Any, features: Sequence[str], first_row: int = 1) -> Rows:
         # A flat list of scalars is one row; anything else is a list of rows.
         rows = [obj] if not any(isinstance(v, (list, dict)) for v in obj) else obj
     else:
-        raise BadRequest(f"got a JSON {type(obj).__name__}; {expected_forms(features)}")
+        raise BadRequest(f"got a JSON {_json_type(obj)}; {expected_forms(features)}")
+    _check_rows(len(rows), limits)
 
     n = len(features)
     values = np.zeros((len(rows), n), dtype=np.float64)
@@ -128,20 +245,30 @@ def from_json(obj: Any, features: Sequence[str], first_row: int = 1) -> Rows:
         else:
             errors[i] = (
                 f"row {first_row + i}: expected a list of {n} numbers or an object keyed by "
-                f"feature names, got {json.dumps(row)}"
+                f"feature names, got {preview(row)}"
             )
             continue
         for j, (name, v) in enumerate(pairs):
-            if not _is_number(v):
-                errors[i] = f"row {first_row + i}: feature {name!r} is not a number: {json.dumps(v)}"
+            x, problem = _number(v)
+            if problem:
+                errors[i] = f"row {first_row + i}: feature {name!r} {problem}: {preview(v)}"
+                values[i] = 0.0
                 break
-            if not math.isfinite(v):
-                errors[i] = f"row {first_row + i}: feature {name!r} is not finite: {v}"
-                break
-            values[i, j] = v
-        if errors[i] is not None:
-            values[i] = 0.0
+            values[i, j] = x
     return Rows(values, errors)
+
+
+def _json_type(obj: Any) -> str:
+    return {str: "string", bool: "boolean", type(None): "null"}.get(type(obj), "number")
+
+
+def _check_rows(n: int, limits: Limits) -> None:
+    if n > limits.max_rows:
+        raise BadRequest(
+            f"request has {n:,} rows, more than the limit of {limits.max_rows:,} per request "
+            "(max_rows): send fewer rows per request",
+            status=413,
+        )
 
 
 # --- CSV --------------------------------------------------------------------------------------
@@ -152,43 +279,147 @@ def _is_header(record: list[str], features: Sequence[str]) -> bool:
     return any(f in names for f in features)
 
 
-def from_csv(text: str, features: Sequence[str], first_row: int = 1, header: bool | None = None) -> Rows:
+def from_csv(
+    text: str,
+    features: Sequence[str],
+    first_row: int = 1,
+    header: bool | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Rows:
     """Rows from CSV text. With a header line (detected when it names any feature, or forced
     with `header=True`), columns are matched by name in any order and extra columns ignored;
     without one, each line must hold exactly the features in schema order.
 
     Every record gives one row, blank lines included (they get an error), so a caller that
-    sends N records gets N results back.
+    sends N records gets N results back. Records are split as Python's csv module splits
+    them (a quoted field may span lines; a quote left open runs to the end of the body).
     """
     if '"' not in text and "\r" not in text:
-        fast = _from_plain_csv(text, features, header)
+        fast = _from_plain_csv(text, features, header, limits)
         if fast is not None:
             return fast
-    records = list(csv.reader(io.StringIO(text)))
+    records, problems = parse_records(text, limits)
     if header is None:
-        header = bool(records) and _is_header(records[0], features)
+        header = bool(records) and problems[0] is None and _is_header(records[0], features)
     if header:
         if not records:
             raise BadRequest(f"missing CSV header; {expected_forms(features)}")
+        if problems[0] is not None:
+            raise BadRequest(f"the CSV header cannot be read: {problems[0]}")
         names = [f.strip() for f in records[0]]
         missing = [f for f in features if f not in names]
         if missing:
             raise BadRequest(
                 f"CSV header lacks feature column(s) {', '.join(map(repr, missing))}; "
-                f"header was {','.join(records[0])!r}"
+                f"header was {_cut(','.join(records[0]))!r}"
             )
         index = [names.index(f) for f in features]
         width = len(names)
         # A header and no rows is a valid request for zero predictions (the batch scorer
         # sends one to check a file's columns before it sends any data).
-        records = records[1:]
+        records, problems = records[1:], problems[1:]
     else:
         index = list(range(len(features)))
         width = len(features)
-    return from_records(records, features, index, width, first_row)
+    _check_rows(len(records), limits)
+    rows = from_records(records, features, index, width, first_row)
+    for i, problem in enumerate(problems):
+        if problem is not None:
+            rows.errors[i] = f"row {first_row + i}: {problem}"
+            rows.values[i] = 0.0
+    return rows
 
 
-def _from_plain_csv(text: str, features: Sequence[str], header: bool | None) -> Rows | None:
+def parse_records(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[list[list[str]], list[str | None]]:
+    """CSV text as records, and for each the reason it cannot be read (None when it can).
+
+    The whole text goes through the csv module in one C call; only when that fails (a field
+    over the csv module's limit, a bare CR inside a field) is it split into records here and
+    each parsed on its own, so that a bad record is that record's problem only. Linear time
+    either way: no record is read twice.
+    """
+    try:
+        records = list(csv.reader(io.StringIO(text)))
+    except csv.Error:
+        records = None
+    if records is not None:
+        problems: list[str | None] = [None] * len(records)
+        if limits.max_field_bytes < csv.field_size_limit():
+            for i, rec in enumerate(records):
+                problems[i] = _field_problem(rec, limits)
+        return records, problems
+    records, problems = [], []
+    for raw in split_records(text):
+        try:
+            rec = next(csv.reader([raw]), [])
+            problem = _field_problem(rec, limits)
+        except csv.Error as exc:
+            rec = [raw]
+            msg = str(exc)
+            if "field limit" in msg:
+                limit = min(limits.max_field_bytes, csv.field_size_limit())
+                problem = f"a field is longer than {limit:,} bytes"
+            elif "new-line" in msg:
+                problem = "a carriage return inside an unquoted field"
+            else:
+                problem = f"cannot be read as CSV ({_cut(msg, 80)})"
+        records.append(rec)
+        problems.append(problem)
+    return records, problems
+
+
+def _field_problem(record: list[str], limits: Limits) -> str | None:
+    if any(len(f) > limits.max_field_bytes for f in record):
+        return f"a field is longer than {limits.max_field_bytes:,} bytes"
+    return None
+
+
+def split_records(text: str) -> Iterator[str]:
+    """The records of CSV text, each with its own text, split by the csv module's rules: a
+    quote opens a quoted field only at the start of a field, a doubled quote inside one is a
+    literal quote, and a line that ends inside quotes goes on with the next line."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    pending: list[str] = []
+    in_quotes = False
+    for line in lines:
+        if not pending and '"' not in line:
+            yield line[:-1] if line.endswith("\r") else line
+            continue
+        pending.append(line)
+        in_quotes = ends_in_quotes(line, in_quotes)
+        if not in_quotes:
+            joined = "\n".join(pending)
+            yield joined[:-1] if joined.endswith("\r") else joined
+            pending = []
+    if pending:  # a quote left open: the rest of the text is its record
+        yield "\n".join(pending)
+
+
+def ends_in_quotes(line: str, in_quotes: bool = False) -> bool:
+    """Whether `line` ends inside a quoted field, given whether it starts inside one (the
+    csv module's rules, in its default non-strict dialect)."""
+    at_start = not in_quotes
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if in_quotes:
+            if c == '"':
+                if i + 1 < n and line[i + 1] == '"':
+                    i += 1
+                else:
+                    in_quotes = False
+        elif c == '"' and at_start:
+            in_quotes = True
+        at_start = c == "," and not in_quotes
+        i += 1
+    return in_quotes
+
+
+def _from_plain_csv(
+    text: str, features: Sequence[str], header: bool | None, limits: Limits = DEFAULT_LIMITS
+) -> Rows | None:
     """The common case in C: no quotes, every line with the same number of fields, every
     feature a finite number. Returns None when any of that is not so, and the careful
     path below names what is wrong with which row."""
@@ -212,7 +443,11 @@ def _from_plain_csv(text: str, features: Sequence[str], header: bool | None) -> 
     commas = width - 1
     if not lines:
         return Rows(np.zeros((0, len(features))), [])
+    if len(lines) > limits.max_rows:
+        return None
     if any(line.count(",") != commas for line in lines):
+        return None
+    if max(map(len, lines)) > limits.max_field_bytes:
         return None
     try:
         values = np.loadtxt(lines, delimiter=",", usecols=index, dtype=np.float64, ndmin=2, comments=None)
@@ -246,21 +481,23 @@ def from_records(
         elif len(rec) == 0 or (len(rec) == 1 and not rec[0].strip()):
             errors[i] = f"row {first_row + i}: empty line"
         else:
-            errors[i] = f"row {first_row + i}: expected {width} fields, got {len(rec)}"
+            spans = any("\n" in f for f in rec)
+            hint = " (a quoted field spans lines: is a quote left open?)" if spans else ""
+            errors[i] = f"row {first_row + i}: expected {width} fields, got {len(rec)}{hint}"
     if not good:
         return Rows(values, errors)
     flat = [records[i][k] for i in good for k in index]
     try:
         block = np.array(flat, dtype=np.float64).reshape(len(good), len(index))
-    except ValueError:
+    except (ValueError, OverflowError):
         block = np.zeros((len(good), len(index)), dtype=np.float64)
         for r, i in enumerate(good):
             for j, k in enumerate(index):
                 field = records[i][k]
                 try:
                     block[r, j] = float(field)
-                except ValueError:
-                    what = "is empty" if not field.strip() else f"is not a number: {field!r}"
+                except (ValueError, OverflowError):
+                    what = "is empty" if not field.strip() else f"is not a number: {preview(field, True)}"
                     errors[i] = f"row {first_row + i}: feature {features[j]!r} {what}"
                     block[r] = 0.0
                     break
@@ -270,9 +507,8 @@ def from_records(
             i = good[r]
             if errors[i] is None:
                 j = int(np.flatnonzero(~finite[r])[0])
-                errors[i] = (
-                    f"row {first_row + i}: feature {features[j]!r} is not finite: {records[i][index[j]]!r}"
-                )
+                value = preview(records[i][index[j]], True)
+                errors[i] = f"row {first_row + i}: feature {features[j]!r} is not finite: {value}"
             block[r] = 0.0
     values[good] = block
     return Rows(values, errors)

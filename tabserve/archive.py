@@ -10,11 +10,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import handler as _handler_pkg
 from .errors import ArchiveError
+from .handler.rows import Limits
 from .handler.schema import SCHEMA_FILE, Schema, SchemaError
 
 # Inside the archive the handler package is called tabserve_handler: TorchServe puts the
@@ -43,6 +44,8 @@ class ArchiveConfig:
     # The handler hands its row counters to TorchServe's metrics API at most this
     # often; 0 counts every batch at once.
     metrics_interval_s: float = 1.0
+    # The handler's containment limits (handler/rows.py Limits): what one request may hold.
+    limits: Limits = Limits()
 
 
 def model_config_yaml(config: ArchiveConfig) -> str:
@@ -58,6 +61,8 @@ def model_config_yaml(config: ArchiveConfig) -> str:
         "handler:",
         f"  torch_threads: {config.torch_threads}",
         f"  metrics_interval_s: {config.metrics_interval_s}",
+        "  # Containment limits: one request may not exceed these (README, Limits).",
+        *(f"  {f.name}: {getattr(config.limits, f.name)}" for f in fields(config.limits)),
     ]
     return "\n".join(lines) + "\n"
 

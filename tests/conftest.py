@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from hypothesis import HealthCheck, settings
 
 from tabserve.archive import ArchiveConfig, archive
 from tabserve.handler.predictor import Predictor
@@ -48,12 +52,11 @@ def model_store(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def start_server(store: Path, run_dir: Path, auth: bool = True, **kw) -> TorchServe:
-    port, mport, xport, g1, g2 = free_ports(5)
+    port, xport, g1, g2 = free_ports(4)
     server = TorchServe(
         ServeConfig(
             model_store=store,
             port=port,
-            management_port=mport,
             metrics_port=xport,
             grpc_ports=(g1, g2),
             auth=auth,
@@ -93,5 +96,52 @@ def client(server: TorchServe) -> Client:
     return Client(server)
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket: how the owner reaches TorchServe's management API."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=30)
+        self.socket_path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def management(sock: Path, method: str, path: str, key_file: Path | None = None) -> tuple[int, object]:
+    """One call to a server's management API over its Unix socket, with the management key
+    from `key_file` (none for a server without token auth); returns the status and the JSON."""
+    headers = {}
+    if key_file is not None:
+        headers["Authorization"] = f"Bearer {json.loads(key_file.read_text())['management']['key']}"
+    conn = UnixHTTPConnection(sock)
+    try:
+        conn.request(method, path, headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    try:
+        return r.status, json.loads(body)
+    except ValueError:
+        return r.status, body.decode(errors="replace")
+
+
 def probs_of(predictions: list[dict], classes) -> np.ndarray:
     return np.array([[p["probabilities"][c] for c in classes] for p in predictions])
+
+
+# Hypothesis: "ci" (the default) keeps the fuzz suite to a fixed, modest number of examples
+# per property so CI stays quick and repeatable; HYPOTHESIS_PROFILE=deep runs many more.
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "deep", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

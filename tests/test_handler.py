@@ -78,7 +78,7 @@ def test_handler_answers_csv_when_asked(handler, artifacts, predictor):
     np.testing.assert_allclose(
         [float(v) for v in p], predictor.predict_proba(np.array([[5.1, 3.5, 1.4, 0.2]]))[0]
     )
-    assert ctx.get_response_content_type(0) == "text/csv"
+    assert ctx.get_response_content_type(0) == "text/csv; charset=utf-8"
 
 
 def test_probabilities_are_a_softmax_over_the_classes(predictor):
@@ -166,3 +166,97 @@ def test_a_refused_chunk_gives_every_row_the_reason_in_the_output_columns():
         ["1", "2", "3", "4", "5", "", "", "", "", 'row 41: chunk refused: request too large, "max" 64 MiB'],
         ["6", "7", "8", "9", "10", "", "", "", "", 'row 42: chunk refused: request too large, "max" 64 MiB'],
     ]
+
+
+POISON = [
+    # (what TorchServe hands over, content type, status, words in the answer)
+    ([10**400, 3.5, 1.4, 0.2], "application/json", 200, "feature 'sepal_length_cm' is a number too large"),
+    (b"[" + b"9" * 4400 + b", 3.5, 1.4, 0.2]", "application/json", 400, "number too long"),
+    (b"[" * 20_000 + b"]" * 20_000, "application/json", 400, "JSON nesting deeper than 8 levels"),
+    ([[[[[[[[[[1]]]]]]]]]], "application/json", 400, "JSON nesting deeper than 8 levels"),
+    (b"1,2,3,4\n" + b"7" * 200_000 + b"\n", "text/csv", 200, "row 2: a field is longer than 131,072 bytes"),
+    (b'5.1,3.5,1.4,0.2\n"5.1,3.5,1.4,0.2\n6,3,5,2\n', "text/csv", 200, "is a quote left open?"),
+    ([1e39, 3.5, 1.4, 0.2], "application/json", 200, "is out of float32 range once scaled"),
+    (b"x\n" * 1_500_000, "text/csv", 413, "more than the limit of 100,000 per request"),
+    (b"1,2\r3,4\n", "text/csv", 200, "row 1: a carriage return inside an unquoted field"),
+    (None, "application/json", 400, "the request has no body"),
+]
+
+
+@pytest.mark.parametrize("body, ctype, status, words", POISON)
+def test_each_poison_request_gets_its_own_answer_and_its_batch_neighbours_succeed(
+    handler, artifacts, predictor, body, ctype, status, words
+):
+    ctx = make_context(artifacts, [{"Content-Type": "application/json"}, {"Content-Type": ctype}] * 2)
+    data = [{"body": IRIS_ROWS}, {"body": body}, {"body": IRIS_ROWS[:1]}, {"body": body}]
+    out = handler.handle(data, ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(4)] == [200, status, 200, status]
+    assert words in out[1]
+    assert "NaN" not in out[1] and "Infinity" not in out[1]
+    for i, rows in ((0, IRIS_ROWS), (2, IRIS_ROWS[:1])):
+        np.testing.assert_allclose(
+            probs_of(json.loads(out[i])["predictions"], predictor.classes),
+            predictor.predict_proba(np.array(rows)),
+            atol=1e-6,
+        )
+
+
+def test_form_encoded_bodies_are_read_as_the_json_or_csv_they_hold(handler, artifacts, predictor):
+    """`curl -d '[[5.1, 3.5, 1.4, 0.2]]'` sends a form; TorchServe hands over its fields."""
+    ctx = make_context(artifacts, [{"Content-Type": "application/x-www-form-urlencoded"}] * 2)
+    out = handler.handle([{"[[5.1, 3.5, 1.4, 0.2]]": b""}, {"5.1,3.5,1.4,0.2\n7,3.2,4.7,1.4": b""}], ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(2)] == [200, 200]
+    assert len(json.loads(out[0])["predictions"]) == 1 and len(json.loads(out[1])["predictions"]) == 2
+    np.testing.assert_allclose(
+        probs_of(json.loads(out[1])["predictions"], predictor.classes),
+        predictor.predict_proba(np.array([[5.1, 3.5, 1.4, 0.2], [7, 3.2, 4.7, 1.4]])),
+        atol=1e-6,
+    )
+
+
+def limited_handler(artifacts: Path, **limits) -> TabularHandler:
+    h = TabularHandler()
+    ctx = make_context(artifacts, [])
+    ctx.model_yaml_config = {"handler": {"torch_threads": 1, **limits}}
+    h.initialize(ctx)
+    return h
+
+
+def test_limits_come_from_model_config_and_an_answer_over_its_limit_is_refused_with_413(artifacts):
+    h = limited_handler(artifacts, max_rows=50, max_answer_bytes=2_000)
+    assert (h.limits.max_rows, h.limits.max_answer_bytes) == (50, 2_000)
+    body = "\n".join(["x"] * 45)  # 45 error rows: over 2,000 bytes of answer
+    ctx = make_context(artifacts, [{"Content-Type": "text/csv"}] * 3)
+    out = h.handle([{"body": body}, {"body": "\n".join(["1,2,3,4"] * 51)}, {"body": "1,2,3,4"}], ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(3)] == [413, 413, 200]
+    assert "max_answer_bytes" in json.loads(out[0])["message"]
+    assert "51 rows, more than the limit of 50" in json.loads(out[1])["message"]
+
+
+def test_a_failing_model_pass_fails_only_the_request_whose_rows_broke_it(artifacts, predictor):
+    h = limited_handler(artifacts)
+    real = h.predictor.predict_proba
+
+    def fragile(x):
+        if (x == 66.6).any():
+            raise RuntimeError("simulated failure on one row")
+        return real(x)
+
+    h.predictor.predict_proba = fragile
+    ctx = make_context(artifacts, [{"Content-Type": "application/json"}] * 3)
+    out = h.handle([{"body": IRIS_ROWS}, {"body": [66.6, 1, 1, 1]}, {"body": IRIS_ROWS[:2]}], ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(3)] == [200, 500, 200]
+    assert "simulated failure on one row" in json.loads(out[1])["message"]
+    np.testing.assert_allclose(
+        probs_of(json.loads(out[2])["predictions"], predictor.classes),
+        predictor.predict_proba(np.array(IRIS_ROWS[:2])),
+        atol=1e-6,
+    )
+
+
+def test_the_csv_header_flag_refuses_a_header_without_features(handler, artifacts):
+    headers = {"Content-Type": "text/csv", "X-Tabserve-Csv-Header": "present"}
+    ctx = make_context(artifacts, [headers, headers])
+    out = handler.handle([{"body": "a,b,c,d\n1,2,3,4\n"}, {"body": "id,petal_width_cm\n"}], ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(2)] == [400, 400]
+    assert "lacks feature column(s) 'sepal_length_cm'" in json.loads(out[0])["message"]

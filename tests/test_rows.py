@@ -47,7 +47,7 @@ def test_bad_json_row_gets_its_own_error_and_neighbours_are_kept(row, message):
         ({}, "none of the model's features"),
         ({"instances": []}, '"instances" must be a non-empty list'),
         ({"instances": 5}, '"instances" must be a non-empty list'),
-        ("5", "got a JSON int"),
+        ("5", "got a JSON number"),
     ],
 )
 def test_unreadable_bodies_raise_bad_request_saying_what_was_expected(body, expected):
