@@ -53,7 +53,8 @@ ENV PATH=/opt/tabserve/bin:$PATH \
     TABSERVE_PORT=8080 \
     PYTHONUNBUFFERED=1
 USER 10001
-EXPOSE 8080 8081 8082
+# Inference and metrics. Model management has no port: it is a Unix socket inside the container.
+EXPOSE 8080 8082
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["tabserve", "health"]
 ENTRYPOINT ["/usr/bin/tini", "--", "/app/entrypoint.sh"]
 CMD ["serve"]

@@ -90,7 +90,6 @@ def main() -> None:
                 model_store=store,
                 models=("iris",),
                 port=ports[0],
-                management_port=ports[1],
                 metrics_port=ports[2],
                 grpc_ports=(ports[3], ports[4]),
                 run_dir=Path(tempfile.mkdtemp(prefix="tabserve-bench-run-")),

@@ -113,7 +113,6 @@ def main() -> None:
             ServeConfig(
                 model_store=every_batch if setting == COUNTERS_EVERY_BATCH else store,
                 port=ports[0],
-                management_port=ports[1],
                 metrics_port=ports[2],
                 grpc_ports=(ports[3], ports[4]),
                 run_dir=Path(tempfile.mkdtemp(prefix="tabserve-bench-run-")),

@@ -1,6 +1,7 @@
 #!/bin/sh
 # One entrypoint, two modes:
-#   serve (default)              TorchServe on 0.0.0.0:8080/8081/8082, in the foreground
+#   serve (default)              TorchServe on 0.0.0.0:8080 (inference) and 8082 (metrics),
+#                                in the foreground; management only on a Unix socket inside
 #   score INPUT OUTPUT [opts]    the batch job with an embedded TorchServe; exits with the
 #                                scorer's code (0 all rows scored, 2 some rows have errors,
 #                                1 the job failed)

@@ -3,10 +3,18 @@
 Each server gets a run directory of its own (config, logs, key file, pid file), so several
 servers on one machine never share state: TorchServe keeps its pid file in TMPDIR and writes
 key_file.json to its working directory, and both are pointed into the run directory.
+
+Nothing on the network can change what is served. Registering and deleting models are off
+(enable_model_api=false), but TorchServe 0.12 has no setting that turns off worker scaling
+(`PUT /models/NAME?min_worker=0` on the management API). So the management API listens on a
+Unix socket in the server's private temporary folder (mode 0700): only the user who started the
+server can reach it. TorchServe's gRPC management API cannot use a socket file and cannot be
+turned off; it stays on 127.0.0.1 and needs the management key (key_file.json, mode 0600).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -43,8 +51,10 @@ class ServeConfig:
     models: tuple[str, ...] = ()  # empty: every .mar in the store
     host: str = "127.0.0.1"
     port: int = 8080
-    management_port: int | None = None  # None: port + 1
-    metrics_port: int | None = None  # None: port + 2
+    # Ignored: the management API has no TCP port, it listens on a Unix socket (see the module
+    # docstring). Kept only so callers that still pass it keep working.
+    management_port: int | None = None
+    metrics_port: int | None = None  # None: port + 2 (port + 1 was management's)
     # TorchServe 0.12 always opens gRPC ports too (7070/7071 by default, which a second
     # server on the machine would collide with); tabserve does not use them and keeps them on
     # loopback. None: port + 3 and port + 4.
@@ -64,12 +74,14 @@ class ServeConfig:
     tied_to_owner: bool = False
 
     @property
-    def ports(self) -> tuple[int, int, int]:
-        return (
-            self.port,
-            self.management_port if self.management_port is not None else self.port + 1,
-            self.metrics_port if self.metrics_port is not None else self.port + 2,
-        )
+    def ports(self) -> tuple[int, int]:
+        """The TCP ports on `host`: inference and metrics."""
+        return (self.port, self.metrics_port if self.metrics_port is not None else self.port + 2)
+
+    @property
+    def grpc(self) -> tuple[int, int]:
+        """gRPC inference and management ports, on loopback."""
+        return self.grpc_ports or (self.port + 3, self.port + 4)
 
     @property
     def directory(self) -> Path:
@@ -104,6 +116,31 @@ def read_properties(path: Path) -> list[tuple[str, str]]:
 
 def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to bind to is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_warning(config: ServeConfig, management_socket: Path) -> str | None:
+    """What a server without token auth on a non-loopback address lets anyone do, or None."""
+    if config.auth or is_loopback(config.host):
+        return None
+    inference, metrics = config.ports
+    host = url_host(config.host)
+    return (
+        f"Warning: token auth is off (--no-auth) and the server listens on {config.host}: the "
+        f"inference API on {host}:{inference} and the metrics on {host}:{metrics} answer anyone "
+        "who can reach them, without a token. Model management is not exposed: its API listens "
+        f"only on the Unix socket {management_socket} (this user only) and its gRPC API only on "
+        f"127.0.0.1:{config.grpc[1]} (this machine only, no token needed there either)."
+    )
 
 
 class TorchServe:
@@ -142,11 +179,20 @@ class TorchServe:
     @property
     def metrics_url(self) -> str:
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::") else self.config.host
-        return f"http://{url_host(host)}:{self.config.ports[2]}/metrics"
+        return f"http://{url_host(host)}:{self.config.ports[1]}/metrics"
 
     @property
     def key_file(self) -> Path:
         return self.dir / "key_file.json"
+
+    @property
+    def management_socket(self) -> Path | None:
+        """The management API's Unix socket, in the private temp folder; None before start."""
+        return self.tmp / "management.sock" if self.tmp else None
+
+    def exposure_warning(self) -> str | None:
+        assert self.management_socket is not None, "start the server first"
+        return exposure_warning(self.config, self.management_socket)
 
     def token(self) -> str | None:
         """The current inference key, or None when auth is off."""
@@ -161,17 +207,15 @@ class TorchServe:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def write_config(self) -> Path:
-        inference, management, metrics = self.config.ports
+        assert self.management_socket is not None, "the private temp folder comes first"
+        inference, metrics = self.config.ports
         host = url_host(self.config.host)
-        grpc = self.config.grpc_ports or (inference + 3, inference + 4)
+        grpc = self.config.grpc
         overrides = {
             "inference_address": f"http://{host}:{inference}",
-            "management_address": f"http://{host}:{management}",
             "metrics_address": f"http://{host}:{metrics}",
             "model_store": str(self.store),
             "load_models": ",".join(f"{m}.mar" for m in self.models),
-            "grpc_inference_address": "127.0.0.1",
-            "grpc_management_address": "127.0.0.1",
             "grpc_inference_port": str(grpc[0]),
             "grpc_management_port": str(grpc[1]),
             "disable_token_authorization": "false" if self.config.auth else "true",
@@ -183,9 +227,16 @@ class TorchServe:
             raise ConfigError(f"config file {conf_file} not found")
         merged = dict(base)
         merged.update(overrides)
-        # Model management stays off whatever the base file says: tabserve serves archives
-        # from the store and never lets a client register code into the server.
+        # Whatever the base file or extra_properties say, nothing on the network can change
+        # what is served: no client registers code into the server (model API off), and the
+        # management API, whose worker scaling cannot be turned off, is on a Unix socket that
+        # only this user can reach (a socket needs TorchServe's native transport). gRPC cannot
+        # use a socket file: both its APIs stay on loopback.
         merged["enable_model_api"] = "false"
+        merged["management_address"] = f"unix:{self.management_socket}"
+        merged["use_native_io"] = "true"
+        merged["grpc_inference_address"] = "127.0.0.1"
+        merged["grpc_management_address"] = "127.0.0.1"
         path = self.dir / "config.properties"
         path.write_text(
             "# Written by tabserve from "
@@ -224,6 +275,8 @@ class TorchServe:
         # TorchServe's pid file (Python's TMPDIR) and its workers' Unix sockets (Java's TEMP)
         # go in a short private folder: socket paths are limited to about 100 bytes, and two
         # servers sharing /tmp would find each other's pid file and sockets.
+        # The management socket lives there too: mkdtemp makes the folder 0700, so only this
+        # user can reach the management API.
         self.tmp = Path(tempfile.mkdtemp(prefix="tabserve-"))
         self._apply_overrides()
         conf = self.write_config()
@@ -280,6 +333,7 @@ class TorchServe:
             "pid": self.process.pid,
             "inference_url": self.inference_url,
             "ports": list(self.config.ports),
+            "management_socket": str(self.management_socket),
             "models": list(self.models),
             "key_file": str(self.key_file) if self.config.auth else None,
             "tmp": str(self.tmp),
@@ -448,10 +502,16 @@ def recorded_servers(root: Path = Path(".tabserve") / "run") -> list[Path]:
     return sorted(p for p in root.glob(f"*/{STATE_FILE}"))
 
 
-def stop_recorded(ports: Sequence[int] = (), root: Path = Path(".tabserve") / "run") -> list[str]:
-    """Stop servers that `tabserve serve` left running from this directory."""
+def stop_recorded(
+    ports: Sequence[int] = (), root: Path = Path(".tabserve") / "run", run_dir: Path | None = None
+) -> list[str]:
+    """Stop servers that `tabserve serve` left running: the one whose run directory is
+    `run_dir`, or else those under `root` (the default run directories of this directory)."""
     stopped = []
-    for state_file in recorded_servers(root):
+    state_files = [Path(run_dir) / STATE_FILE] if run_dir else recorded_servers(root)
+    for state_file in state_files:
+        if not state_file.is_file():
+            continue
         state = json.loads(state_file.read_text())
         if ports and state["ports"][0] not in ports:
             continue

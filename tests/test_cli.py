@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import zipfile
 
 import pytest
@@ -121,6 +123,34 @@ def test_stop_without_a_server_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["stop"]) == 0
     assert "no tabserve-started TorchServe is running" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "archive", "serve", "stop", "token", "health"])
+def test_help_shows_the_default_of_every_option(command, capsys, monkeypatch):
+    from tabserve.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = [a for a in sub.choices[command]._actions if a.option_strings and a.help != argparse.SUPPRESS]
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    # Each option's help runs from its own line to the next option's.
+    starts = [
+        re.search(rf"^ +{re.escape(', '.join(a.option_strings))}\b(?!-)", text, re.M).start() for a in actions
+    ]
+    for action, start, end in zip(actions, starts, [*starts[1:], len(text)]):
+        shown = " ".join(text[start:end].split())
+        assert action.help and action.help.split()[0] in shown, f"{action.option_strings}: no help"
+        default = action.default
+        if default is None or default == argparse.SUPPRESS:
+            continue
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        elif isinstance(default, list):
+            default = " ".join(map(str, default))
+        assert f"(default: {default}" in shown, f"{command} {action.option_strings[-1]}: {shown}"
 
 
 def test_serve_options_come_from_flags_or_the_environment(monkeypatch):

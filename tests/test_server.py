@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import random
+import socket
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
 from tabserve.archive import ArchiveConfig, archive
+from tabserve.cli import main
+from tabserve.server import ServeConfig, exposure_warning, read_properties
 
-from .conftest import IRIS_ROWS, Client, probs_of, start_server
+from .conftest import IRIS_ROWS, Client, management, probs_of, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -119,12 +127,77 @@ def test_without_a_token_requests_are_rejected_and_with_it_served(server):
     assert requests.post(url, json=IRIS_ROWS, headers=server.headers(), timeout=10).status_code == 200
 
 
-def test_model_management_stays_off(server):
-    key = json.loads(server.key_file.read_text())["management"]["key"]
-    mgmt = f"http://127.0.0.1:{server.config.ports[1]}/models"
-    headers = {"Authorization": f"Bearer {key}"}
-    assert requests.post(f"{mgmt}?url=x.mar", headers=headers, timeout=10).status_code == 405
-    assert requests.delete(f"{mgmt}/iris", headers=headers, timeout=10).status_code == 405
+def test_registering_and_deleting_models_stay_off_even_for_the_owner(server):
+    sock, keys = server.management_socket, server.key_file
+    assert management(sock, "POST", "/models?url=x.mar", keys)[0] == 405
+    assert management(sock, "DELETE", "/models/iris", keys)[0] == 405
+    assert management(sock, "GET", "/models/iris", keys)[0] == 200
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _listeners(pid: int) -> tuple[set[tuple[str, int]], set[str]]:
+    """(address, port) of every TCP socket the server's process tree listens on, and the paths
+    of its Unix sockets."""
+    psutil = pytest.importorskip("psutil")
+    root = psutil.Process(pid)
+    tcp, unix = set(), set()
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            tcp |= {
+                (c.laddr.ip, c.laddr.port)
+                for c in p.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            }
+            unix |= {c.laddr for c in p.net_connections(kind="unix") if c.laddr}
+        except psutil.Error:
+            pass
+    return tcp, unix
+
+
+SCALE_TO_ZERO = "/models/iris?min_worker=0&max_worker=0&synchronous=true"
+
+
+def _try_to_scale(host: str, ports, keys: list[str]) -> list[int]:
+    """Ask every HTTP port to scale iris to 0 workers; the statuses of those that answered."""
+    statuses = []
+    for port in ports:
+        for key in keys:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            try:
+                r = requests.put(f"http://{host}:{port}{SCALE_TO_ZERO}", headers=headers, timeout=10)
+            except requests.ConnectionError:
+                continue  # nothing listens there
+            statuses.append(r.status_code)
+    return statuses
+
+
+def test_scaling_workers_to_zero_is_unreachable_and_predictions_keep_working(server, client):
+    """TorchServe 0.12 has no setting that turns worker scaling off: its management API is on a
+    Unix socket in a folder only this user can open, never on a TCP port."""
+    inference, metrics = server.config.ports
+    sock = server.management_socket
+    conf = dict(read_properties(server.dir / "config.properties"))
+    assert conf["management_address"] == f"unix:{sock}"
+    assert conf["grpc_management_address"] == "127.0.0.1" and conf["enable_model_api"] == "false"
+    folder = sock.parent.stat()
+    assert stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == os.getuid()
+    tcp, unix = _listeners(server.process.pid)
+    assert str(sock) in unix
+    assert {port for _, port in tcp} == {inference, metrics, *server.config.grpc}
+    assert all(_loopback(ip) for ip, port in tcp if port in server.config.grpc)
+
+    workers = len(management(sock, "GET", "/models/iris", server.key_file)[1][0]["workers"])
+    keys = json.loads(server.key_file.read_text())
+    statuses = _try_to_scale("127.0.0.1", (inference, metrics), [keys["management"]["key"], server.token()])
+    assert statuses and 200 not in statuses
+    assert len(management(sock, "GET", "/models/iris", server.key_file)[1][0]["workers"]) == workers > 0
+    assert client.post(IRIS_ROWS, "application/json").status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -229,13 +302,120 @@ def test_metrics_port_shows_the_handlers_row_counters(artifacts, tmp_path):
 def test_serve_settings_override_the_archives(model_store, tmp_path):
     ts = start_server(model_store, tmp_path / "run", workers=1, batch_size=4, max_batch_delay=50)
     try:
-        key = json.loads(ts.key_file.read_text())["management"]["key"]
-        r = requests.get(
-            f"http://127.0.0.1:{ts.config.ports[1]}/models/iris",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=10,
-        )
-        described = r.json()[0]
+        described = management(ts.management_socket, "GET", "/models/iris", ts.key_file)[1][0]
         assert (described["batchSize"], described["maxBatchDelay"], len(described["workers"])) == (4, 50, 1)
     finally:
         ts.stop()
+
+
+@pytest.mark.parametrize(
+    ("host", "auth", "warned"),
+    [
+        ("127.0.0.1", False, False),
+        ("::1", False, False),
+        ("localhost", False, False),
+        ("0.0.0.0", True, False),
+        ("0.0.0.0", False, True),
+        ("::", False, True),
+        ("10.1.2.3", False, True),
+        ("server.example", False, True),
+    ],
+)
+def test_only_a_server_without_auth_on_a_non_loopback_address_is_warned_about(host, auth, warned):
+    sock = Path("/tmp/tabserve-x/management.sock")
+    warning = exposure_warning(ServeConfig(host=host, port=9000, auth=auth), sock)
+    assert (warning is not None) == warned
+
+
+def _free_port_block(n: int = 5) -> int:
+    """A port P with P..P+n-1 free on every address (serve puts gRPC at P+3 and P+4)."""
+    for _ in range(100):
+        base = random.randint(20000, 32000)  # below Linux's ephemeral range
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                s.bind(("0.0.0.0", base + i))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no block of free ports")
+
+
+def _non_loopback_address() -> str | None:
+    psutil = pytest.importorskip("psutil")
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return a.address
+    return None
+
+
+def test_no_auth_on_all_addresses_warns_and_keeps_management_off_the_network(model_store, tmp_path, capsys):
+    port, run_dir = _free_port_block(), tmp_path / "run"
+    argv = ["serve", "--model-store", str(model_store), "--host", "0.0.0.0", "--port", str(port)]
+    try:
+        assert main([*argv, "--no-auth", "--run-dir", str(run_dir)]) == 0
+        err = capsys.readouterr().err
+        state = json.loads((run_dir / "server.json").read_text())
+        sock = state["management_socket"]
+        assert err == (
+            "Warning: token auth is off (--no-auth) and the server listens on 0.0.0.0: the inference "
+            f"API on 0.0.0.0:{port} and the metrics on 0.0.0.0:{port + 2} answer anyone who can reach "
+            f"them, without a token. Model management is not exposed: its API listens only on the "
+            f"Unix socket {sock} (this user only) and its gRPC API only on 127.0.0.1:{port + 4} (this "
+            "machine only, no token needed there either).\n"
+        )
+        conf = dict(read_properties(run_dir / "config.properties"))
+        assert conf["inference_address"] == f"http://0.0.0.0:{port}"
+        assert conf["metrics_address"] == f"http://0.0.0.0:{port + 2}"
+        assert conf["management_address"] == f"unix:{sock}"
+        assert conf["grpc_management_address"] == conf["grpc_inference_address"] == "127.0.0.1"
+        tcp, unix = _listeners(state["pid"])
+        assert sock in unix
+        assert {p for ip, p in tcp if not _loopback(ip)} == {port, port + 2}
+        assert {p for ip, p in tcp if _loopback(ip)} == {port + 3, port + 4}
+
+        host = _non_loopback_address() or "127.0.0.1"
+        statuses = _try_to_scale(host, range(port, port + 3), [""])
+        assert statuses and 200 not in statuses
+        status, described = management(Path(sock), "GET", "/models/iris")
+        assert status == 200 and len(described[0]["workers"]) > 0
+        r = requests.post(f"http://{host}:{port}/predictions/iris", json=IRIS_ROWS, timeout=10)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 4
+    finally:
+        main(["stop", "--run-dir", str(run_dir)])
+
+
+def test_stop_with_run_dir_stops_the_server_serve_started_there(model_store, tmp_path, monkeypatch, capsys):
+    psutil = pytest.importorskip("psutil")
+    port, run_dir = _free_port_block(), tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert (
+            main(["serve", "--model-store", str(model_store), "--port", str(port), "--run-dir", "run"]) == 0
+        )
+        assert "stop it with: tabserve stop --run-dir run\n" in capsys.readouterr().out
+        launcher = psutil.Process(json.loads((run_dir / "server.json").read_text())["pid"])
+        procs = [launcher, *launcher.children(recursive=True)]
+        assert len(procs) > 2  # launcher, Java frontend, workers
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert main(["stop"]) == 0  # not one of this directory's servers
+        assert "no tabserve-started TorchServe is running from this directory" in capsys.readouterr().out
+        assert main(["stop", "--run-dir", str(run_dir)]) == 0
+        assert capsys.readouterr().out == f"stopped http://127.0.0.1:{port}\n"
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        assert alive == []
+        assert not (run_dir / "server.json").exists()
+        assert main(["stop", "--run-dir", str(run_dir)]) == 0
+        assert (
+            f"no tabserve-started TorchServe is running with run directory {run_dir}"
+            in capsys.readouterr().out
+        )
+    finally:
+        main(["stop", "--run-dir", str(run_dir)])

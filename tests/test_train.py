@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from tabserve.cli import main
 from tabserve.handler.schema import Schema
 from tabserve.train.config import FitConfig
 from tabserve.train.data import DataError, load_builtin, load_csv
@@ -22,6 +24,19 @@ def test_same_seed_gives_the_same_weights():
     assert all(torch.equal(a[k], b[k]) for k in a)
     c = fit(data, FitConfig(epochs=5, seed=1)).model.state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_twice_with_the_same_seed_writes_byte_identical_weights_and_hash(tmp_path: Path):
+    for name in ("a", "b"):
+        assert main(["train", "--epochs", "3", "--seed", "7", "--out", str(tmp_path / name)]) == 0
+    a, b = (tmp_path / "a" / "model.pt").read_bytes(), (tmp_path / "b" / "model.pt").read_bytes()
+    assert a == b
+    recorded = [Schema.load(tmp_path / name).weights_sha256 for name in ("a", "b")]
+    assert recorded == [hashlib.sha256(a).hexdigest()] * 2
+    assert b".model-" not in a  # no temporary file name inside the zip
+    state = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["model.pt", "schema.json"]
 
 
 def test_default_settings_reach_095_test_accuracy_on_iris(artifacts: Path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -9,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..handler.model import file_sha256
 from ..handler.schema import SCHEMA_FILE, WEIGHTS_FILE, Schema
 from .config import FitConfig
 from .data import Dataset
@@ -73,19 +74,31 @@ def build_schema(data: Dataset, config: FitConfig, result: FitResult, weights_sh
     )
 
 
+def weights_bytes(model: torch.nn.Module) -> bytes:
+    """The model's state_dict in torch.save's zip format, the same bytes for the same weights.
+
+    torch.save names the records inside the zip after the file it writes to, so saving to a
+    randomly named temporary file would put that name into the weights and their SHA-256.
+    Saved to memory the records are always called `archive/...`."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def export(data: Dataset, config: FitConfig, result: FitResult, out: Path) -> Schema:
     """Write OUT/model.pt and OUT/schema.json. Each file is written beside its final name and
     renamed into place, the schema last, so a crash never leaves a schema pointing at
-    weights it does not describe."""
+    weights it does not describe. The same data, settings and seed give byte-identical
+    weights (and so the same weights_sha256)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    weights = weights_bytes(result.model)
+    schema = build_schema(data, config, result, hashlib.sha256(weights).hexdigest())
     fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".pt", dir=out)
-    os.close(fd)
     try:
-        torch.save(state, tmp)
-        digest = file_sha256(Path(tmp))
-        schema = build_schema(data, config, result, digest)
+        with os.fdopen(fd, "wb") as f:
+            f.write(weights)
         os.replace(tmp, out / WEIGHTS_FILE)
     finally:
         if os.path.exists(tmp):
