@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,8 +95,8 @@ def merge_rows(lines: Sequence[str], results: Sequence[str], width: int) -> tupl
 
 
 def refused_rows(first_row: int, count: int, message: str, n_classes: int) -> list[str]:
-    """Result lines for a chunk refused as a whole (a 4xx for the request): every row gets
-    the reason, so no row is lost and each says why it has no prediction."""
+    """Result lines for records that could not be scored: every row gets the reason, so no
+    row is lost and each says why it has no prediction."""
     blank = "," * (n_classes + 1)
     return [blank + _quote(f"row {first_row + i}: chunk refused: {message}") for i in range(count)]
 
@@ -110,3 +110,34 @@ def result_lines(answer: str, count: int) -> list[str]:
     if len(lines) != count + 1:
         raise ValueError(f"the handler answered {len(lines) - 1} rows for {count}")
     return lines[1:]
+
+
+class Unsplittable(Exception):
+    """Raised by a `score` callable of contained_results for a failure that splitting a chunk
+    cannot help (a rejected token, a server that no longer answers): it ends the job."""
+
+
+def contained_results(
+    score: Callable[[Sequence[str], int, int], list[str]],
+    lines: Sequence[str],
+    first_row: int,
+    n_classes: int,
+    depth: int = 0,
+) -> list[str]:
+    """The batch job's containment boundary for one chunk: `score(lines, first_row, depth)`
+    returns one result line per record or raises; a chunk it fails on, by any exception
+    but Unsplittable, is split in halves, recursively, so that only the records that cause the
+    failure get its reason as their error and every other record is scored. At most about
+    2 * log2(len(lines)) calls per bad record. `depth` tells `score` it is scoring a part of a
+    chunk that failed (it may then try fewer times)."""
+    try:
+        return score(lines, first_row, depth)
+    except Unsplittable:
+        raise
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+    if len(lines) == 1:
+        return refused_rows(first_row, 1, reason, n_classes)
+    mid = len(lines) // 2
+    head = contained_results(score, lines[:mid], first_row, n_classes, depth + 1)
+    return head + contained_results(score, lines[mid:], first_row + mid, n_classes, depth + 1)

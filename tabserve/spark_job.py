@@ -67,15 +67,19 @@ def _score_partition(
             yield header + "," + columns
         batch: list[tuple[str, int]] = []
 
+        def score(lines, first: int, depth: int) -> list[str]:
+            status, out = model.call_csv(header + "\n" + "\n".join(lines) + "\n", first)
+            if status != 200:
+                raise ValueError(json.loads(out)["message"])
+            # Each record here is one physical line: a line with an unbalanced quote makes
+            # the handler's csv reading join lines, and so answer fewer rows; splitting the
+            # chunk then leaves that line alone with its error.
+            return response.result_lines(out, len(lines))
+
         def flush():
             lines = [line for line, _ in batch]
             first = batch[0][1] + 1
-            status, out = model.call_csv(header + "\n" + "\n".join(lines) + "\n", first)
-            if status != 200:
-                msg = json.loads(out)["message"]
-                results = response.refused_rows(first, len(lines), msg, columns.count(",") - 1)
-            else:
-                results = response.result_lines(out, len(lines))
+            results = response.contained_results(score, lines, first, columns.count(",") - 1)
             block, failed = response.merge_rows(lines, results, width)
             counted_rows.add(len(lines))
             counted_errors.add(failed)

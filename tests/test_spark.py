@@ -95,3 +95,35 @@ def test_spark_job_module_runs_as_a_script_without_the_cli(tmp_path, model_store
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "scored 505 rows: 500 ok, 5 errors" in proc.stdout
     assert len(read_parts(out)) == 506
+
+
+def test_poison_lines_on_spark_get_their_own_errors_and_every_row_is_kept(tmp_path, model_store):
+    """Spark reads physical lines: an unbalanced quote, a 200 KB field, 1e39 and non-ASCII
+    text each get a row error and the job keeps every row."""
+    header = "id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm"
+    good = [f"{i},5.1,3.5,1.4,0.2" for i in range(40)]
+    poison = {
+        5: 'q,"5.1,3.5,1.4,0.2',
+        12: "big," + "7" * 200_000 + ",1,1,1",
+        20: "huge,1e39,3.5,1.4,0.2",
+        31: "café,x,3.5,1.4,0.2",
+    }
+    lines = [header]
+    for i, line in enumerate(good):
+        lines.append(line)
+        if i in poison:
+            lines.append(poison[i])
+    inp, out = tmp_path / "in.csv", tmp_path / "out"
+    inp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = ["score", str(inp), "-o", str(out), "--model-store", str(model_store), "--engine", "spark"]
+    assert main([*argv, "--master", "local[1]", "--chunk-rows", "16"]) == 2
+    limit = csv.field_size_limit(1 << 20)  # the output keeps the 200 KB field
+    try:
+        rows = read_parts(out)
+    finally:
+        csv.field_size_limit(limit)
+    assert len(rows) == len(lines)
+    errors = {r[0]: r[-1] for r in rows[1:] if r[-1]}
+    assert set(errors) == {'q,"5.1,3.5,1.4,0.2', "big", "huge", "café"}, errors
+    assert "out of float32 range" in errors["huge"] and "'x'" in errors["café"]
+    assert all(r[5] == "setosa" for r in rows[1:] if not r[-1])
