@@ -66,7 +66,7 @@ class Predictor:
             j = int(np.flatnonzero(~fits[i])[0])
             errors[i] = (
                 f"row {first_row + i}: feature {self.features[j]!r} is too large: "
-                f"{rows.values[i, j]!r} is out of float32 range once scaled"
+                f"{float(rows.values[i, j])!r} is out of float32 range once scaled"
             )
             values[i] = 0.0
         return Rows(values, errors)

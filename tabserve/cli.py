@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .errors import TabserveError
@@ -82,7 +83,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_archive(args: argparse.Namespace) -> int:
     from .archive import ArchiveConfig, archive
+    from .handler.rows import Limits
 
+    try:
+        limits = Limits.from_settings(
+            {
+                "max_rows": args.max_rows,
+                "max_depth": args.max_depth,
+                "max_field_bytes": args.max_field_bytes,
+                "max_answer_bytes": args.max_answer_bytes,
+            }
+        )
+    except ValueError as exc:
+        raise TabserveError(str(exc).replace("handler setting ", "--").replace("_", "-")) from exc
     config = ArchiveConfig(
         artifacts=Path(args.artifacts),
         name=args.name,
@@ -92,6 +105,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         max_batch_delay=args.max_batch_delay,
         workers=args.workers,
         response_timeout=args.response_timeout,
+        limits=limits,
     )
     path = archive(config)
     print(f"wrote {path}")
@@ -109,7 +123,6 @@ def serve_config(args: argparse.Namespace):
         models=tuple(args.model or ()),
         host=args.host,
         port=args.port,
-        management_port=args.management_port,
         metrics_port=args.metrics_port,
         auth=not args.no_auth,
         config_file=Path(args.config),
@@ -128,19 +141,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = TorchServe(serve_config(args))
     t0 = time.monotonic()
     server.start()
+    warning = server.exposure_warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    # The commands that find this server again: by its run directory when it was given.
+    where = f"--run-dir {args.run_dir}" if args.run_dir else f"--port {server.config.port}"
     print(f"TorchServe ready in {time.monotonic() - t0:.1f} s")
     for model in server.models:
         print(f"  predictions: {server.inference_url}/predictions/{model}")
     print(f"  metrics:     {server.metrics_url}")
     if server.config.auth:
         print(f'  token:       "inference" key in {server.key_file}')
-        token_cmd = f"tabserve token --port {server.config.port}"
-        print(f'               (curl -H "Authorization: Bearer $({token_cmd})" ...)')
+        print(f'               (curl -H "Authorization: Bearer $(tabserve token {where})" ...)')
     else:
         print("  token:       none (--no-auth)")
+    print(f"  management:  Unix socket {server.management_socket} (this user only)")
     print(f"  logs:        {server.dir / 'logs'}")
     if not args.foreground:
-        print(f"stop it with: tabserve stop --port {server.config.port}")
+        print(f"stop it with: tabserve stop {where}")
         server.process = None  # leave it running, detached; `tabserve stop` finds it
         return 0
     stopped = threading.Event()
@@ -160,9 +178,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     from .server import stop_recorded
 
-    stopped = stop_recorded(tuple(args.port or ()))
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    stopped = stop_recorded(tuple(args.port or ()), run_dir=run_dir)
     if not stopped:
-        print("no tabserve-started TorchServe is running from this directory")
+        where = f"with run directory {run_dir}" if run_dir else "from this directory"
+        print(f"no tabserve-started TorchServe is running {where}")
         return 0
     for url in stopped:
         print(f"stopped {url}")
@@ -220,34 +240,80 @@ def cmd_score(args: argparse.Namespace) -> int:
         engine=args.engine,
         master=args.master,
         partitions=args.partitions,
+        max_record_bytes=args.max_record_bytes,
     )
     # SIGTERM (a container stop, a job runner's timeout) ends the job like Ctrl-C: the
-    # embedded server is stopped and the partial output kept for --resume.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    result = score(config)
-    print(result.summary(), file=sys.stderr if config.output == "-" else sys.stdout)
-    if result.errors:
-        print(f"{result.errors:,} rows have errors: see the error column", file=sys.stderr)
-    return result.exit_code
+    # embedded server is stopped and the partial output kept for --resume. Once every row is
+    # written the job has succeeded: an interrupt from then on (the final rename, the summary)
+    # is ignored, so it cannot turn a finished job into a failed one.
+    committed = threading.Event()
+
+    def interrupt(signum: int, frame: object) -> None:
+        if not committed.is_set():
+            raise KeyboardInterrupt
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = score(config, on_commit=committed.set)
+        print(result.summary(), file=sys.stderr if config.output == "-" else sys.stdout)
+        if result.errors:
+            print(f"{result.errors:,} rows have errors: see the error column", file=sys.stderr)
+        return result.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _score_usage_error(message: str) -> NoReturn:
+    """argparse's error() for `score`: its exit code 2 means "finished, some rows have
+    errors", so a bad option is one `Error:` line and exit 1, like every other failure."""
+    raise TabserveError(f"{message} (see tabserve score --help)")
 
 
 # --- parser -----------------------------------------------------------------------------------
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Ends each option's help with its default: `(default: 8080)`, `(default: 50 50)`, `(default:
+    off)` for a flag, merged with a trailing `(TABSERVE_...)` into `(default: 8080; TABSERVE_PORT)`.
+    Help that already names its default, and options without one, are left as they are. A
+    default read from a TABSERVE_* variable shows as the value it gives."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if not action.option_strings or default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
+        elif isinstance(default, (list, tuple)):
+            shown = " ".join(map(str, default)).replace("%", "%%")
+        else:
+            shown = "%(default)s"
+        head, sep, variable = text.rpartition(" (TABSERVE_")
+        if sep and variable.endswith(")"):
+            return f"{head} (default: {shown}; TABSERVE_{variable}"
+        return f"{text} (default: {shown})".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .handler.rows import Limits
     from .train.config import BATCH_SIZE, EPOCHS, HIDDEN, LR, SEED
     from .train.data import BUILTIN
+
+    LIMITS = Limits()  # noqa: N806 (the handler's defaults, shown in archive --help)
 
     p = argparse.ArgumentParser(prog="tabserve", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"tabserve {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train the MLP and export weights + schema.json")
-    t.add_argument("--dataset", choices=BUILTIN, default=env("DATASET", "iris"))
+    helpful = {"formatter_class": DefaultsHelpFormatter}
+    t = sub.add_parser("train", help="train the MLP and export weights + schema.json", **helpful)
+    t.add_argument(
+        "--dataset", choices=BUILTIN, default=env("DATASET", "iris"), help="a bundled scikit-learn data set"
+    )
     t.add_argument("--csv", help="train on this CSV instead (with --target)")
     t.add_argument("--target", help="the CSV column holding class labels")
     t.add_argument("--name", help="model name (default: the dataset or CSV file name)")
@@ -260,17 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"hidden layer widths (default: {' '.join(map(str, HIDDEN))})",
     )
-    t.add_argument("--epochs", type=int, default=EPOCHS)
-    t.add_argument("--lr", type=float, default=LR)
-    t.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    t.add_argument("--seed", type=int, default=SEED)
+    t.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training split")
+    t.add_argument("--lr", type=float, default=LR, help="Adam's learning rate")
+    t.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="rows per optimiser step")
+    t.add_argument(
+        "--seed", type=int, default=SEED, help="split and initialisation; same seed and data, same weights"
+    )
     t.set_defaults(func=cmd_train)
 
-    a = sub.add_parser("archive", help="bundle artifacts and the handler into MODEL_STORE/NAME.mar")
+    a = sub.add_parser(
+        "archive", help="bundle artifacts and the handler into MODEL_STORE/NAME.mar", **helpful
+    )
     a.add_argument("--artifacts", required=True, help="folder written by tabserve train")
     a.add_argument("--name", help="model name (default: the schema's)")
-    a.add_argument("--version", default="1.0")
-    a.add_argument("--model-store", default=env("MODEL_STORE", "model_store"))
+    a.add_argument("--version", default="1.0", help="model version, answered with every prediction")
+    a.add_argument(
+        "--model-store",
+        default=env("MODEL_STORE", "model_store"),
+        help="folder the .mar is written to (TABSERVE_MODEL_STORE)",
+    )
     a.add_argument("--batch-size", type=int, default=32, help="server-side batch size")
     a.add_argument("--max-batch-delay", type=int, default=5, help="ms to wait to fill a batch")
     a.add_argument(
@@ -279,11 +353,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="workers per model (default: TorchServe's, one per CPU core or GPU)",
     )
-    a.add_argument("--response-timeout", type=int, default=120, help="seconds")
+    a.add_argument(
+        "--response-timeout", type=int, default=120, help="seconds TorchServe waits for a worker's answer"
+    )
+    a.add_argument(
+        "--max-rows", type=int, default=LIMITS.max_rows, help="rows per request; more is answered 413"
+    )
+    a.add_argument("--max-depth", type=int, default=LIMITS.max_depth, help="JSON nesting of a request")
+    a.add_argument(
+        "--max-field-bytes", type=int, default=LIMITS.max_field_bytes, help="length of one CSV field"
+    )
+    a.add_argument(
+        "--max-answer-bytes",
+        type=int,
+        default=LIMITS.max_answer_bytes,
+        help="largest answer; keep it under max_response_size in config.properties (413 beyond it)",
+    )
     a.set_defaults(func=cmd_archive)
 
     def server_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--model-store", default=env("MODEL_STORE", "model_store"))
+        sp.add_argument(
+            "--model-store",
+            default=env("MODEL_STORE", "model_store"),
+            help="folder of .mar archives (TABSERVE_MODEL_STORE)",
+        )
         sp.add_argument(
             "--model",
             action="append",
@@ -291,57 +384,97 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="NAME",
             help="model to load (repeatable; default: every archive in the store)",
         )
-        sp.add_argument("--host", default=env("HOST", "127.0.0.1"))
-        sp.add_argument("--port", type=int, default=env_int("PORT", 8080))
-        sp.add_argument("--management-port", type=int, default=env_int("MANAGEMENT_PORT", None))
-        sp.add_argument("--metrics-port", type=int, default=env_int("METRICS_PORT", None))
+        sp.add_argument(
+            "--host",
+            default=env("HOST", "127.0.0.1"),
+            help="address of the inference and metrics APIs; management never leaves this "
+            "machine (TABSERVE_HOST)",
+        )
+        sp.add_argument(
+            "--port",
+            type=int,
+            default=env_int("PORT", 8080),
+            help="inference port; gRPC (loopback) uses PORT+3 and PORT+4 (TABSERVE_PORT)",
+        )
+        sp.add_argument(
+            "--metrics-port",
+            type=int,
+            default=env_int("METRICS_PORT", None),
+            help="Prometheus metrics port (default: PORT+2; TABSERVE_METRICS_PORT)",
+        )
         sp.add_argument(
             "--no-auth",
             action="store_true",
             default=env_flag("NO_AUTH"),
-            help="turn TorchServe's token auth off (only behind a gateway that authenticates)",
+            help="turn TorchServe's token auth off, only behind a gateway that authenticates "
+            "(TABSERVE_NO_AUTH=1)",
         )
         sp.add_argument(
             "--config",
             default=env("CONFIG", str(_default_config())),
-            help="base TorchServe config.properties",
+            help="base TorchServe config.properties (TABSERVE_CONFIG)",
         )
         sp.add_argument(
             "--run-dir",
             default=env("RUN_DIR"),
-            help="where config, logs and key file go (default: .tabserve/run/PORT)",
+            help="where config, logs and key file go (default: .tabserve/run/PORT; TABSERVE_RUN_DIR)",
         )
         sp.add_argument(
             "--workers",
             type=int,
             default=env_int("WORKERS", None),
-            help="workers per model (default: the archive's)",
+            help="workers per model (default: the archive's; TABSERVE_WORKERS)",
         )
         sp.add_argument(
             "--batch-size",
             type=int,
             default=env_int("BATCH_SIZE", None),
-            help="server-side batch size (default: the archive's)",
+            help="server-side batch size (default: the archive's; TABSERVE_BATCH_SIZE)",
         )
         sp.add_argument(
             "--max-batch-delay",
             type=int,
             default=env_int("MAX_BATCH_DELAY", None),
-            help="ms to wait to fill a batch (default: the archive's)",
+            help="ms to wait to fill a batch (default: the archive's; TABSERVE_MAX_BATCH_DELAY)",
         )
 
-    s = sub.add_parser("serve", help="start TorchServe and wait until the models answer")
+    s = sub.add_parser("serve", help="start TorchServe and wait until the models answer", **helpful)
     server_options(s)
     s.add_argument(
         "--foreground", action="store_true", help="stay attached; Ctrl-C or SIGTERM stops TorchServe"
     )
     s.set_defaults(func=cmd_serve)
 
-    st = sub.add_parser("stop", help="stop TorchServe started by tabserve serve from this directory")
-    st.add_argument("--port", type=int, action="append", help="only the server on this port")
+    st = sub.add_parser(
+        "stop", help="stop TorchServe started by tabserve serve (from this directory or --run-dir)", **helpful
+    )
+    st.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        help="only the server on this port (repeatable; default: every server started from this directory)",
+    )
+    st.add_argument(
+        "--run-dir",
+        default=env("RUN_DIR"),
+        help="the server started with serve --run-dir DIR (default: those in .tabserve/run; "
+        "TABSERVE_RUN_DIR)",
+    )
     st.set_defaults(func=cmd_stop)
 
+    from .csvio import DEFAULT_MAX_RECORD_BYTES
+
     sc = sub.add_parser("score", help="score a CSV file: every row in, every row out with predictions")
+    sc.error = _score_usage_error  # type: ignore[method-assign]
+    parse_known = sc.parse_known_args
+
+    def parse_score_args(args=None, namespace=None):  # unknown options too: exit 1, not 2
+        known, extra = parse_known(args, namespace)
+        if extra:
+            _score_usage_error(f"unrecognized arguments: {' '.join(extra)}")
+        return known, extra
+
+    sc.parse_known_args = parse_score_args  # type: ignore[method-assign]
     sc.add_argument("input", help="CSV with a header; - for stdin; .gz is decompressed")
     sc.add_argument("-o", "--output", required=True, help="output CSV; - for stdout; .gz compresses")
     sc.add_argument(
@@ -363,8 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_int("PARTITIONS", None),
         help="--engine spark: split the input into about N partitions",
     )
-    sc.add_argument("--url", default=env("URL"), help="a running TorchServe (default: start one)")
-    sc.add_argument("--model", default=env("MODEL"), help="model name (default: the store's only one)")
+    sc.add_argument(
+        "--url",
+        default=env("URL"),
+        help="a running TorchServe: http://HOST:PORT, or .../predictions/NAME[/VERSION] for a model "
+        "(default: start an embedded one from --model-store; TABSERVE_URL)",
+    )
+    sc.add_argument(
+        "--model",
+        default=env("MODEL"),
+        help="model name (default: the store's only model, or with --url the server's only model; "
+        "TABSERVE_MODEL)",
+    )
     sc.add_argument("--token", default=env("TOKEN"), help="inference token for --url")
     sc.add_argument(
         "--token-file",
@@ -387,7 +530,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=env_int("RETRIES", 8),
-        help="retries per chunk on connection errors and 5xx, with exponential backoff",
+        help="retries per chunk on connection errors and 5xx, with exponential backoff; a chunk "
+        "that still fails is split to find its bad rows (default: 8; TABSERVE_RETRIES)",
+    )
+    sc.add_argument(
+        "--max-record-bytes",
+        type=int,
+        default=env_int("MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES),
+        help="a longer record (line, or quoted record over several lines) is malformed: kept in the "
+        f"output with an error, never scored (default: {DEFAULT_MAX_RECORD_BYTES}; "
+        "TABSERVE_MAX_RECORD_BYTES)",
     )
     sc.add_argument(
         "--max-errors",
@@ -402,14 +554,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.set_defaults(func=cmd_score)
 
-    hc = sub.add_parser("health", help="exit 0 when the local TorchServe answers /ping as Healthy")
-    hc.add_argument("--port", type=int, default=env_int("PORT", 8080))
-    hc.add_argument("--run-dir", default=env("RUN_DIR"))
+    hc = sub.add_parser("health", help="exit 0 when the local TorchServe answers /ping as Healthy", **helpful)
+    hc.add_argument(
+        "--port", type=int, default=env_int("PORT", 8080), help="inference port on 127.0.0.1 (TABSERVE_PORT)"
+    )
+    hc.add_argument(
+        "--run-dir",
+        default=env("RUN_DIR"),
+        help="the server's run directory, for its key file (default: .tabserve/run/PORT; TABSERVE_RUN_DIR)",
+    )
     hc.set_defaults(func=cmd_health)
 
-    tk = sub.add_parser("token", help="print the inference token of a running server")
-    tk.add_argument("--port", type=int, default=env_int("PORT", 8080))
-    tk.add_argument("--run-dir", default=env("RUN_DIR"))
+    tk = sub.add_parser("token", help="print the inference token of a running server", **helpful)
+    tk.add_argument(
+        "--port", type=int, default=env_int("PORT", 8080), help="the server's inference port (TABSERVE_PORT)"
+    )
+    tk.add_argument(
+        "--run-dir",
+        default=env("RUN_DIR"),
+        help="the server's run directory (default: .tabserve/run/PORT; TABSERVE_RUN_DIR)",
+    )
     tk.set_defaults(func=cmd_token)
     return p
 

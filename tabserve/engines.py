@@ -2,35 +2,50 @@
 
 Every engine takes the input's header line and a chunk of record texts, and returns one
 `label,p_<class>...,error` line per record, in order, computed by the archive's handler code
-(`tabserve.handler.rows` decides what a bad row is, everywhere).
+(`tabserve.handler.rows` decides what a bad row is, everywhere). A chunk the engine refuses as
+a whole raises ChunkRefused, one it could not score raises ServerError: the scorer (one place,
+`scorer.score_contained`) splits it to find the rows that cause it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from .errors import ConfigError, ServerError
-from .handler.response import refused_rows, result_lines
-from .handler.rows import FIRST_ROW_HEADER
+from .errors import ChunkRefused, ConfigError, ServerError, TabserveError
+from .handler.response import result_lines
+from .handler.rows import CSV_HEADER_HEADER, FIRST_ROW_HEADER
 
 # TorchServe answers these when a worker is busy, restarting or out of memory: try again.
 RETRY_STATUS = {408, 429, 500, 502, 503, 504, 507}
 TOKEN_FAILURE = "Token Authorization failed"
+# TorchServe 0.12's answer to POST /invocations without a model when it serves several.
+MODEL_NAME_REQUIRED = "model_name is required"
+_PREDICTIONS = re.compile(r"^(?P<prefix>.*?)/predictions/(?P<model>[^/]+)(?:/(?P<version>[^/]+))?/?$")
 
 
 class Engine(Protocol):
     def probe(self, header: str) -> list[str]:
         """Check the input's header against the model; returns the output columns."""
 
-    def score(self, header: str, lines: list[str], first_row: int) -> list[str]:
-        """One result line per record in `lines`."""
+    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
+        """One result line per record in `lines`. Raises ChunkRefused when the chunk is
+        refused as a whole, ServerError when it could not be scored after `retries` tries
+        (None: the engine's own setting)."""
+
+    def alive(self, header: str) -> bool:
+        """Whether the engine still answers (after a chunk failed): a failure is then the
+        chunk's own, not the server's."""
 
 
 class AuthError(ServerError):
@@ -63,19 +78,47 @@ class TokenSource:
         return self.token_file is not None
 
 
+def split_url(url: str, model: str | None = None) -> tuple[str, str | None, str | None]:
+    """(base URL, model, version) from --url and --model: a URL that ends in
+    /predictions/NAME or /predictions/NAME/VERSION names the model itself."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--url must be an http(s) URL such as http://127.0.0.1:8080, got {url!r}")
+    m = _PREDICTIONS.match(parts.path)
+    if m is None:
+        return url.rstrip("/"), model, None
+    base = urlunsplit((parts.scheme, parts.netloc, m["prefix"], "", "")).rstrip("/")
+    if model is not None and model != m["model"]:
+        raise ConfigError(f"--url names model {m['model']!r} but --model says {model!r}: give one of them")
+    return base, m["model"], m["version"]
+
+
+def answer_text(r: requests.Response) -> str:
+    """An answer's body as UTF-8, whatever its Content-Type says (requests would read a
+    text/csv answer without a charset as ISO-8859-1)."""
+    return r.content.decode("utf-8", errors="replace")
+
+
 class TorchServeEngine:
-    """Sends each chunk as one text/csv request and asks for text/csv back."""
+    """Sends each chunk as one text/csv request and asks for text/csv back. Without a model
+    it posts to /invocations, which TorchServe answers with its only model."""
 
     def __init__(
         self,
         url: str,
-        model: str,
+        model: str | None,
         tokens: TokenSource,
         timeout: float = 300.0,
         retries: int = 8,
         backoff: float = 0.5,
+        version: str | None = None,
     ) -> None:
-        self.endpoint = f"{url.rstrip('/')}/predictions/{model}"
+        self.base = url.rstrip("/")
+        if model:
+            self.endpoint = f"{self.base}/predictions/{model}" + (f"/{version}" if version else "")
+        else:
+            self.endpoint = f"{self.base}/invocations"
+        self.model = model
         self.tokens = tokens
         self.timeout = timeout
         self.retries = retries
@@ -84,6 +127,12 @@ class TorchServeEngine:
         self._local = threading.local()
         self._token = tokens.get()
         self._token_lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """The job is over (done, failed or interrupted): chunks still in flight stop retrying,
+        so that the process can exit instead of waiting out their backoff."""
+        self._stopped.set()
 
     def _session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
@@ -92,7 +141,12 @@ class TorchServeEngine:
         return s
 
     def _headers(self, first_row: int) -> dict[str, str]:
-        h = {"Content-Type": "text/csv", "Accept": "text/csv", FIRST_ROW_HEADER: str(first_row)}
+        h = {
+            "Content-Type": "text/csv; charset=utf-8",
+            "Accept": "text/csv",
+            FIRST_ROW_HEADER: str(first_row),
+            CSV_HEADER_HEADER: "present",
+        }
         if self._token:
             h["Authorization"] = f"Bearer {self._token}"
         return h
@@ -110,12 +164,15 @@ class TorchServeEngine:
                 return True
             return False
 
-    def _post(self, body: bytes, first_row: int) -> requests.Response:
+    def _post(self, body: bytes, first_row: int, retries: int | None = None) -> requests.Response:
         """POST with retries for connection errors and busy or restarting servers."""
+        retries = self.retries if retries is None else retries
         last = ""
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             if attempt:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 10.0))
+                self._stopped.wait(min(self.backoff * 2 ** (attempt - 1), 10.0))
+            if self._stopped.is_set():
+                raise ServerError(f"the job stopped before {self.endpoint} answered")
             used = self._token
             try:
                 r = self._session().post(
@@ -124,7 +181,7 @@ class TorchServeEngine:
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
-            if r.status_code in (400, 401) and TOKEN_FAILURE in r.text:
+            if r.status_code in (400, 401) and TOKEN_FAILURE in answer_text(r):
                 if self._refresh_token(used):
                     continue
                 raise AuthError(
@@ -132,52 +189,86 @@ class TorchServeEngine:
                     "give the inference token with --token, --token-file or TABSERVE_TOKEN"
                 )
             if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}: {r.text.strip()[:300]}"
+                last = f"HTTP {r.status_code}: {answer_text(r).strip()[:300]}"
                 continue
             return r
-        raise ServerError(
-            f"TorchServe at {self.endpoint} failed {self.retries + 1} times; last error: {last}"
-        )
+        raise ServerError(f"TorchServe at {self.endpoint} failed {retries + 1} times; last error: {last}")
 
-    def probe(self, header: str) -> list[str]:
-        r = self._post((header + "\n").encode("utf-8"), 1)
+    def probe(self, header: str, retries: int | None = None) -> list[str]:
+        r = self._post((header + "\n").encode("utf-8"), 1, retries)
         if r.status_code != 200:
-            raise ConfigError(f"TorchServe refused the input's columns: {_message(r)}")
-        self.columns = r.text.split("\n", 1)[0].split(",")
-        if not self.columns or self.columns[0] != "label" or self.columns[-1] != "error":
-            raise ServerError(f"{self.endpoint} is not a tabserve model: it answered {r.text[:200]!r}")
+            message = _message(r)
+            if self.model is None and MODEL_NAME_REQUIRED in message:
+                raise ConfigError(f"the server at {self.base} serves several models: choose one with --model")
+            if r.status_code == 404:
+                raise ConfigError(f"TorchServe at {self.base} does not serve {self.endpoint}: {message}")
+            raise ConfigError(f"TorchServe refused the input's columns: {message}")
+        self.columns = _columns(answer_text(r), header, self.endpoint)
         return self.columns
 
-    def score(self, header: str, lines: list[str], first_row: int) -> list[str]:
+    def alive(self, header: str) -> bool:
+        if self._stopped.is_set():
+            return False
+        try:
+            return self.probe(header, retries=min(self.retries, 4)) == self.columns
+        except AuthError:
+            raise
+        except TabserveError:
+            return False
+
+    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
         if not lines:
             return []
         body = (header + "\n" + "\n".join(lines) + "\n").encode("utf-8")
-        r = self._post(body, first_row)
+        r = self._post(body, first_row, retries)
         if r.status_code != 200:
-            # The whole chunk was refused (for example too large): every row says why.
-            return refused_rows(first_row, len(lines), _message(r), len(self.columns) - 2)
+            raise ChunkRefused(_message(r))
         try:
-            return result_lines(r.text, len(lines))
-        except ValueError as exc:
+            return result_lines(r.content.decode("utf-8"), len(lines))
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ServerError(f"{self.endpoint}, chunk starting at row {first_row}: {exc}") from exc
 
 
 def _message(r: requests.Response) -> str:
+    text = answer_text(r)
     try:
-        return str(r.json().get("message", r.text))
-    except ValueError:
-        return f"HTTP {r.status_code}: {r.text.strip()[:300]}"
+        return str(json.loads(text)["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {r.status_code}: {text.strip()[:300]}"
+
+
+def _columns(answer: str, header: str, where: str) -> list[str]:
+    """The output columns from the answer to a header-only request. A model that read the
+    header as a data row (an archive whose handler predates the header flag) answers a row
+    for it: then the header names none of the model's features."""
+    lines = answer.rstrip("\n").split("\n")
+    columns = lines[0].split(",")
+    if len(columns) < 2 or columns[0] != "label" or columns[-1] != "error":
+        raise ServerError(f"{where} is not a tabserve model: it answered {answer[:200]!r}")
+    if len(lines) > 1:
+        error = lines[1].split(",", len(columns) - 2)[-1]
+        raise ConfigError(
+            f"the input's first line is not a header the model can read ({error}): "
+            f"it names none of the model's features; header was {header[:200]!r}"
+        )
+    return columns
+
+
+# --- the archive's handler, without a server -------------------------------------------------
+
+LOCAL_PREFIX = "tabserve-local-"
 
 
 class LocalEngine:
     """The archive's own handler code, unpacked from the .mar and run in this process: no
-    server, the same decoding, model and encoding as TorchServe, the same bytes out."""
+    server, the same decoding, model and encoding as TorchServe, the same bytes out.
+
+    The archive is unpacked into a temporary folder named for this process
+    (tabserve-local-PID-...), removed by close() or, if the process dies first, by the next
+    run's remove_stale_local_dirs()."""
 
     def __init__(self, mar: Path, gpu_id: int | None = None) -> None:
-        import shutil
-        import tempfile
-
-        self._tmp = Path(tempfile.mkdtemp(prefix="tabserve-local-"))
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-"))
         try:
             local = load_archive_module(mar, self._tmp, "local")
             self.model = local.LocalModel(self._tmp, gpu_id=gpu_id)
@@ -187,25 +278,60 @@ class LocalEngine:
         self.handler = self.model.handler
         self.columns: list[str] = []
 
+    def _call(self, body: str, first_row: int) -> tuple[int, str]:
+        try:
+            return self.model.call_csv(body, first_row)
+        except Exception as exc:  # the handler failed on this body: the chunk's failure
+            raise ServerError(
+                f"the model's handler failed on the chunk starting at row {first_row}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
+
     def probe(self, header: str) -> list[str]:
-        status, out = self.model.call_csv(header + "\n")
+        status, out = self._call(header + "\n", 1)
         if status != 200:
             raise ConfigError(f"the model refused the input's columns: {json.loads(out)['message']}")
-        self.columns = out.split("\n", 1)[0].split(",")
+        self.columns = _columns(out, header, "the archive's handler")
         return self.columns
 
-    def score(self, header: str, lines: list[str], first_row: int) -> list[str]:
+    def alive(self, header: str) -> bool:
+        return True  # in this process: a failure is always the chunk's own
+
+    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
         if not lines:
             return []
-        status, out = self.model.call_csv(header + "\n" + "\n".join(lines) + "\n", first_row)
+        status, out = self._call(header + "\n" + "\n".join(lines) + "\n", first_row)
         if status != 200:
-            return refused_rows(first_row, len(lines), json.loads(out)["message"], len(self.columns) - 2)
-        return result_lines(out, len(lines))
+            raise ChunkRefused(json.loads(out)["message"])
+        try:
+            return result_lines(out, len(lines))
+        except ValueError as exc:
+            raise ServerError(f"the archive's handler, chunk starting at row {first_row}: {exc}") from exc
 
     def close(self) -> None:
-        import shutil
-
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def remove_stale_local_dirs() -> list[Path]:
+    """Remove the temporary folders of local-engine processes that are gone (killed before
+    they could clean up); returns them."""
+    import psutil
+
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob(f"{LOCAL_PREFIX}*-*"):
+        pid = d.name[len(LOCAL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            alive = psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            alive = False
+        except psutil.Error:
+            alive = True  # another user's process, say: not ours to judge
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def load_archive_module(mar: Path, into: Path, module: str):
@@ -239,7 +365,13 @@ _worker: LocalEngine | None = None
 
 def _start_worker(mar: str) -> None:
     global _worker
+    from multiprocessing.util import Finalize
+
     _worker = LocalEngine(Path(mar))
+    # Pool workers leave through multiprocessing's exit path, which runs finalizers (not
+    # atexit): remove the unpacked archive there. A killed worker's folder is removed by the
+    # pool (close) or the next run.
+    Finalize(_worker, _worker.close, exitpriority=10)
 
 
 def _worker_probe(header: str) -> list[str]:
@@ -255,29 +387,59 @@ def _worker_score(header: str, lines: list[str], first_row: int) -> list[str]:
 class LocalPoolEngine:
     """LocalEngine in `processes` worker processes, one handler each, so decoding and
     encoding (Python code under the GIL) run on every core. The scorer's own process only
-    reads, routes and writes, and never imports torch."""
+    reads, routes and writes, and never imports torch. A pool whose worker died (killed, out
+    of memory) is replaced, and the chunks it had fail with ServerError."""
 
     def __init__(self, mar: Path, processes: int) -> None:
+        self.mar = mar
+        self.processes = processes
+        self.columns: list[str] = []
+        self._lock = threading.Lock()
+        remove_stale_local_dirs()
+        self._pool = self._start("fork")
+
+    def _start(self, method: str):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        # fork: the workers start in milliseconds; the scorer has started no threads yet.
-        self._pool = ProcessPoolExecutor(
-            processes,
-            mp_context=multiprocessing.get_context("fork"),
+        # fork: the workers start in milliseconds, and the scorer has started no threads yet.
+        # A replacement pool starts mid-job, beside the scorer's threads: from a fork server.
+        return ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context(method),
             initializer=_start_worker,
-            initargs=(str(mar),),
+            initargs=(str(self.mar),),
         )
-        self.columns: list[str] = []
+
+    def _run(self, fn, *args):
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._pool
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool as exc:
+            with self._lock:
+                if self._pool is pool:  # the first thread to see it replaces the pool
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    remove_stale_local_dirs()
+                    self._pool = self._start("forkserver")
+            raise ServerError(f"a local worker process died: {exc}") from exc
 
     def probe(self, header: str) -> list[str]:
-        self.columns = self._pool.submit(_worker_probe, header).result()
+        self.columns = self._run(_worker_probe, header)
         return self.columns
 
-    def score(self, header: str, lines: list[str], first_row: int) -> list[str]:
+    def alive(self, header: str) -> bool:
+        try:
+            return self.probe(header) == self.columns
+        except TabserveError:
+            return False
+
+    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
         if not lines:
             return []
-        return self._pool.submit(_worker_score, header, lines, first_row).result()
+        return self._run(_worker_score, header, lines, first_row)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        remove_stale_local_dirs()

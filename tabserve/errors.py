@@ -21,3 +21,19 @@ class JavaNotFound(TabserveError):
 
 class ServerError(TabserveError):
     """TorchServe did not start, did not become ready, or cannot be reached."""
+
+
+class ChunkRefused(TabserveError):
+    """The engine refused a chunk as a whole (an HTTP 4xx such as 413): the message says why."""
+
+
+class OutputError(TabserveError):
+    """The output could not be written: no space left, no permission, a folder in the way."""
+
+
+class OutputLocked(TabserveError):
+    """Another tabserve score job is writing the same output."""
+
+
+class InputError(TabserveError):
+    """The input could not be read part way (an I/O error, a truncated or corrupt .gz)."""

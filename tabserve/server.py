@@ -51,9 +51,6 @@ class ServeConfig:
     models: tuple[str, ...] = ()  # empty: every .mar in the store
     host: str = "127.0.0.1"
     port: int = 8080
-    # Ignored: the management API has no TCP port, it listens on a Unix socket (see the module
-    # docstring). Kept only so callers that still pass it keep working.
-    management_port: int | None = None
     metrics_port: int | None = None  # None: port + 2 (port + 1 was management's)
     # TorchServe 0.12 always opens gRPC ports too (7070/7071 by default, which a second
     # server on the machine would collide with); tabserve does not use them and keeps them on

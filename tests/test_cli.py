@@ -31,6 +31,10 @@ def test_train_then_archive_writes_a_mar_with_handler_weights_schema_and_config(
                 "8",
                 "--workers",
                 "3",
+                "--max-rows",
+                "500",
+                "--max-depth",
+                "4",
             ]
         )
         == 0
@@ -50,6 +54,8 @@ def test_train_then_archive_writes_a_mar_with_handler_weights_schema_and_config(
     assert manifest["model"]["modelVersion"] == "2.1"
     assert manifest["model"]["handler"] == "tabserve_entry.py"
     assert config["batchSize"] == 8 and config["minWorkers"] == config["maxWorkers"] == 3
+    assert config["handler"]["max_rows"] == 500 and config["handler"]["max_depth"] == 4
+    assert config["handler"]["max_field_bytes"] == 131_072
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".joblib"))]
 
 

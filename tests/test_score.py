@@ -176,8 +176,7 @@ def test_clean_file_exits_0_and_stdin_to_gzip_works(tmp_path, server, predictor,
         server.inference_url,
         "--model",
         "iris",
-        "--token",
-        server.token(),
+        f"--token={server.token()}",  # one argument: a token may start with "-"
     ]
     assert main(argv) == 0
     check_output(out, inp, x, predictor)
