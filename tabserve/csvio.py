@@ -92,7 +92,13 @@ def ends_in_quotes(line: bytes, in_quotes: bool = False) -> bool:
 
 
 def parse_header(line: str) -> list[str]:
-    return next(csv.reader([line]), [])
+    """The input's header fields; ConfigError when the line is not one CSV record (a bare
+    carriage return, as in a file with CR-only line ends)."""
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error as exc:
+        hint = ": a bare carriage return (CR-only line ends are not supported)" if "\r" in line else ""
+        raise ConfigError(f"the input's header line cannot be read as CSV ({exc}){hint}") from exc
 
 
 class RecordReader:

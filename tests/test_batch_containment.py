@@ -591,3 +591,15 @@ def test_stale_local_folders_of_dead_processes_are_removed():
         assert not stale.exists() and mine.exists()
     finally:
         mine.rmdir()
+
+
+def test_a_header_with_a_bare_carriage_return_is_one_error_line(tmp_path, model_store, capsys):
+    """A file with CR-only line ends is one long header line with CRs in it."""
+    inp = tmp_path / "cr.csv"
+    inp.write_bytes(b"sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\r5.1,3.5,1.4,0.2\r")
+    argv = ["score", str(inp), "-o", str(tmp_path / "o.csv"), "--model-store", str(model_store)]
+    assert main([*argv, "--engine", "local", "--concurrency", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: the input's header line cannot be read as CSV") and err.count("\n") == 1
+    assert "CR-only line ends are not supported" in err
+    assert not (tmp_path / "o.csv").exists()
