@@ -157,8 +157,8 @@ def decode(
 
 
 def parse_json(text: str, features: Sequence[str], limits: Limits = DEFAULT_LIMITS) -> Any:
-    """json.loads with every way it can fail (syntax, nesting, integers of more than 4,300
-    digits) turned into BadRequest, and the nesting limit checked."""
+    """json.loads with every way it can fail (syntax, nesting beyond the recursion limit,
+    integers of more than 4,300 digits) turned into BadRequest."""
     try:
         value = json.loads(text)
     except RecursionError:
@@ -168,8 +168,7 @@ def parse_json(text: str, features: Sequence[str], limits: Limits = DEFAULT_LIMI
     except ValueError as exc:  # JSONDecodeError, and int() of a number over 4,300 digits
         what = "number too long" if "digits" in str(exc) else "not valid JSON"
         raise BadRequest(f"body is {what} ({_cut(str(exc))}); {expected_forms(features)}") from exc
-    check_depth(value, features, limits)
-    return value
+    return value  # from_json checks the nesting limit, once, for parsed and pre-parsed bodies
 
 
 def check_depth(value: Any, features: Sequence[str], limits: Limits = DEFAULT_LIMITS) -> None:
