@@ -11,6 +11,7 @@ worker and with it every request in flight).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .columns import Encoder
 from .predictor import Predictor, pick_device
 from .response import error_body, to_csv, to_json
 from .rows import (
@@ -38,6 +40,8 @@ from .rows import (
 log = logging.getLogger(__name__)
 
 CSV_ACCEPT = ("text/csv", "application/csv")
+# Response header: {"column": count} of the categories in the request not seen in training.
+UNSEEN_HEADER = "X-Tabserve-Unseen"
 # Requests with fewer rows than this share one model pass per TorchServe batch.
 POOL_MAX_ROWS = 64
 
@@ -157,7 +161,7 @@ class TabularHandler:
         ctype = headers.get("content-type")
         forced = (headers.get(CSV_HEADER_HEADER.lower()) or "").strip().lower() == "present"
         first_row = _first_row(headers.get(FIRST_ROW_HEADER.lower()))
-        rows = _decode(_body(request, ctype), ctype, self.predictor.features, first_row, self.limits, forced)
+        rows = _decode(_body(request, ctype), ctype, self.predictor.encoder, first_row, self.limits, forced)
         accept = headers.get("accept", "").split(";")[0].strip().lower()
         return _Request(idx, rows, first_row, accept in CSV_ACCEPT)
 
@@ -233,6 +237,12 @@ class TabularHandler:
             body, ctype = to_csv(probs, errors, classes), "text/csv; charset=utf-8"
         else:
             body, ctype = to_json(probs, errors, classes, self.model_info), _JSON
+        if d.rows.unseen:
+            # Categories never seen in training, per column: the batch engines add them up.
+            try:
+                context.set_response_header(d.idx, UNSEEN_HEADER, json.dumps(d.rows.unseen))
+            except Exception:
+                pass
         limit = self.limits.max_answer_bytes
         if len(body) * 4 > limit and len(body.encode("utf-8")) > limit:
             message = (
@@ -259,7 +269,7 @@ def _first_row(value: str | None) -> int:
 def _decode(
     body: Any,
     content_type: str | None,
-    features: tuple[str, ...],
+    features: Encoder | tuple[str, ...],
     first_row: int = 1,
     limits: Limits | None = None,
     header: bool = False,

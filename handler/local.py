@@ -7,10 +7,11 @@ Lives in the archive with the handler, so whatever unpacks a .mar can score with
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .entry import TabularHandler
+from .entry import UNSEEN_HEADER, TabularHandler
 from .rows import CSV_HEADER_HEADER, FIRST_ROW_HEADER
 
 
@@ -56,6 +57,34 @@ class LocalContext:
         self.request_processor[idx].response_headers[key] = value
 
 
+@dataclass(frozen=True)
+class LocalAnswer:
+    """What TorchServe would send back for one request: status, body and response headers."""
+
+    status: int
+    body: str
+    headers: dict[str, str]
+
+    @property
+    def unseen(self) -> dict[str, int]:
+        """{column: count} of the categories never seen in training (UNSEEN_HEADER)."""
+        return unseen_counts(self.headers.get(UNSEEN_HEADER))
+
+
+def unseen_counts(value: str | None) -> dict[str, int]:
+    """The UNSEEN_HEADER of an answer as {column: count}; {} when it is absent or not such an
+    object (a count is a report, never a reason to fail a chunk)."""
+    if not value:
+        return {}
+    try:
+        counts = json.loads(value)
+    except ValueError:
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {str(k): v for k, v in counts.items() if type(v) is int and v > 0}
+
+
 class LocalModel:
     """The handler of an unpacked archive, called with CSV text as TorchServe would call it."""
 
@@ -71,10 +100,10 @@ class LocalModel:
         self.handler = TabularHandler()
         self.handler.initialize(LocalContext(*self._args, gpu_id=gpu_id))
 
-    def call_csv(self, body: str, first_row: int = 1, header: bool = True) -> tuple[int, str]:
-        """(status, answer) for one text/csv request answered as text/csv, sent as the
-        TorchServe engine sends it: `header` says the body's first line is the input's
-        header (CSV_HEADER_HEADER), `first_row` numbers its first data row."""
+    def respond_csv(self, body: str, first_row: int = 1, header: bool = True) -> LocalAnswer:
+        """The answer to one text/csv request answered as text/csv, sent as the TorchServe
+        engine sends it: `header` says the body's first line is the input's header
+        (CSV_HEADER_HEADER), `first_row` numbers its first data row."""
         ctx = LocalContext(*self._args)
         headers = {
             "Content-Type": "text/csv; charset=utf-8",
@@ -85,7 +114,13 @@ class LocalModel:
             headers[CSV_HEADER_HEADER] = "present"
         ctx.request_processor = [_Request(headers)]
         answer = self.handler.handle([{"body": body}], ctx)[0]
-        return ctx.request_processor[0].status, answer
+        request = ctx.request_processor[0]
+        return LocalAnswer(request.status, answer, dict(request.response_headers))
+
+    def call_csv(self, body: str, first_row: int = 1, header: bool = True) -> tuple[int, str]:
+        """(status, answer) of respond_csv, without the response headers."""
+        answer = self.respond_csv(body, first_row, header)
+        return answer.status, answer.body
 
 
 def _read_model_config(path: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The model ready to predict: schema + weights from one directory, scaler, softmax."""
+"""The model ready to predict: schema + weights from one directory, encoder, scaler, and
+softmax (classification) or the target's scale undone (regression)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from .model import load_model
 from .rows import FLOAT32_MAX, Rows
-from .schema import Schema
+from .schema import REGRESSION, Schema
 
 
 def pick_device(gpu_id: int | None) -> torch.device:
@@ -20,13 +21,16 @@ def pick_device(gpu_id: int | None) -> torch.device:
 
 
 class Predictor:
-    """Scales raw feature rows and returns class probabilities (softmax of the logits)."""
+    """Scales encoded rows and returns, per row, class probabilities (softmax of the logits)
+    or, for regression, the one predicted value (shape (n, 1))."""
 
     def __init__(self, directory: Path, device: torch.device | None = None) -> None:
         self.directory = Path(directory)
         self.schema = Schema.load(self.directory)
         self.device = device or torch.device("cpu")
         self.model = load_model(self.directory, self.schema, self.device)
+        self.encoder = self.schema.encoder()
+        self.regression = self.schema.task == REGRESSION
         self._mean = np.asarray(self.schema.scaler_mean, dtype=np.float64)
         self._scale = np.asarray(self.schema.scaler_scale, dtype=np.float64)
 
@@ -38,17 +42,27 @@ class Predictor:
     def classes(self) -> tuple[str, ...]:
         return self.schema.classes
 
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.regression else len(self.classes)
+
     def scale(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self._mean) / self._scale
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities, shape (n, n_classes), for raw (unscaled) rows of shape (n, n_features)."""
+        """For encoded (unscaled) rows of shape (n, inputs): probabilities, shape
+        (n, n_classes), or for regression the predictions, shape (n, 1)."""
         if len(x) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float64)
+            return np.zeros((0, self.n_outputs), dtype=np.float64)
         batch = torch.from_numpy(self.scale(x).astype(np.float32)).to(self.device)
         with torch.inference_mode():
-            probs = torch.softmax(self.model(batch), dim=1)
-        return probs.cpu().numpy().astype(np.float64)
+            out = self.model(batch)
+            if not self.regression:
+                out = torch.softmax(out, dim=1)
+        out = out.cpu().numpy().astype(np.float64)
+        if self.regression:
+            out = out * self.schema.target_scale + self.schema.target_mean
+        return out
 
     def screen(self, rows: Rows, first_row: int = 1) -> Rows:
         """The rows with an error added where a feature is finite but too large for float32
@@ -65,18 +79,18 @@ class Predictor:
         for i in np.flatnonzero(bad):
             j = int(np.flatnonzero(~fits[i])[0])
             errors[i] = (
-                f"row {first_row + i}: feature {self.features[j]!r} is too large: "
+                f"row {first_row + i}: feature {self.encoder.column_of_input(j)!r} is too large: "
                 f"{float(rows.values[i, j])!r} is out of float32 range once scaled"
             )
             values[i] = 0.0
-        return Rows(values, errors)
+        return Rows(values, errors, rows.unseen)
 
     def place(self, rows: Rows, probs: np.ndarray, first_row: int = 1) -> tuple[np.ndarray, list[str | None]]:
         """Every row's probabilities (zeros where it has an error) and errors, from the
         probabilities of its good rows; a row whose probabilities are not finite gets an
         error too, so no NaN or infinity ever leaves the handler."""
         errors = list(rows.errors)
-        out = np.zeros((len(rows), len(self.classes)), dtype=np.float64)
+        out = np.zeros((len(rows), self.n_outputs), dtype=np.float64)
         ok = np.flatnonzero(rows.ok)
         finite = np.isfinite(probs).all(axis=1)
         out[ok[finite]] = probs[finite]

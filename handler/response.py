@@ -1,4 +1,7 @@
-"""Predictions out: the JSON answer of the online API and the CSV columns of the batch job."""
+"""Predictions out: the JSON answer of the online API and the CSV columns of the batch job.
+
+`classes` names a classifier's classes; no classes means a regression model, whose `probs`
+hold one predicted value per row."""
 
 from __future__ import annotations
 
@@ -10,14 +13,23 @@ import numpy as np
 
 
 def output_columns(classes: Sequence[str]) -> list[str]:
-    """The columns every engine appends to the input's: label, p_<class>..., error."""
+    """The columns every engine appends to the input's: label, p_<class>..., error, or for
+    regression prediction, error."""
+    if not classes:
+        return ["prediction", "error"]
     return ["label", *(f"p_{c}" for c in classes), "error"]
 
 
 def predictions(
     probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """One entry per row, in order: {"label", "probabilities"} or {"error"}."""
+    """One entry per row, in order: {"label", "probabilities"} (or {"prediction"} for
+    regression) or {"error"}."""
+    if not classes:
+        return [
+            {"error": err} if err is not None else {"prediction": p[0]}
+            for p, err in zip(probs.tolist(), errors)
+        ]
     labels = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
     out: list[dict[str, Any]] = []
     for p, k, err in zip(probs.tolist(), labels.tolist(), errors):
@@ -41,9 +53,13 @@ def to_json(
 def to_csv(
     probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str], header: bool = True
 ) -> str:
-    """label, p_<class>..., error per row; empty label and probabilities where a row failed."""
+    """label, p_<class>..., error per row; empty label and probabilities where a row failed.
+    For regression: prediction, error."""
     lines = [",".join(output_columns(classes))] if header else []
-    if len(probs):
+    if len(probs) and not classes:
+        for p, err in zip(probs[:, 0].tolist(), errors):
+            lines.append(f"{p!r}," if err is None else f",{_quote(err)}")
+    elif len(probs):
         labels = [classes[k] for k in probs.argmax(axis=1).tolist()]
         # repr() of the whole nested list formats every float in C, the same shortest
         # round-trip text as repr(float): one call instead of one per value.

@@ -22,12 +22,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
+from .columns import Encoder
 
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
@@ -83,10 +84,14 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass
 class Rows:
-    """Decoded rows: `values[i]` holds row i's features in schema order, unless `errors[i]`."""
+    """Decoded rows: `values[i]` holds row i's network inputs (unscaled; see
+    columns.Encoder), unless `errors[i]`."""
 
-    values: np.ndarray  # float64, shape (n, n_features); zeros where errors[i] is set
+    values: np.ndarray  # float64, shape (n, encoder width); zeros where errors[i] is set
     errors: list[str | None]
+    # Per categorical column, how many values were categories not seen in training (they are
+    # predicted with the OTHER input); batch jobs report these.
+    unseen: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -97,8 +102,24 @@ class Rows:
         return np.fromiter((e is None for e in self.errors), dtype=bool, count=len(self.errors))
 
 
-def expected_forms(features: Sequence[str]) -> str:
+Spec = Encoder | Sequence[str]
+
+
+def encoder_of(spec: Spec) -> Encoder:
+    """An Encoder as is; a plain list of feature names as numbers only, all required."""
+    return spec if isinstance(spec, Encoder) else Encoder.numeric(spec)
+
+
+def expected_forms(spec: Spec) -> str:
+    enc = encoder_of(spec)
+    features = enc.features
     names = ", ".join(features)
+    if not enc.plain or enc.impute:
+        return (
+            f"expected JSON (one row of {len(features)} values, an object keyed by column names, "
+            f'a list of rows, or {{"instances": [...]}}) or CSV rows of {len(features)} values, '
+            f"with or without a header line; columns: {names}"
+        )
     return (
         f"expected JSON (one row of {len(features)} numbers, an object keyed by feature names, "
         f'a list of rows, or {{"instances": [...]}}) or CSV rows of {len(features)} numbers, '
@@ -127,7 +148,7 @@ def preview(value: Any, csv_field: bool = False) -> str:
 def decode(
     body: Any,
     content_type: str | None,
-    features: Sequence[str],
+    features: Spec,
     first_row: int = 1,
     limits: Limits = DEFAULT_LIMITS,
     header: bool | None = None,
@@ -156,7 +177,7 @@ def decode(
     return from_json(body, features, first_row=first_row, limits=limits)
 
 
-def parse_json(text: str, features: Sequence[str], limits: Limits = DEFAULT_LIMITS) -> Any:
+def parse_json(text: str, features: Spec, limits: Limits = DEFAULT_LIMITS) -> Any:
     """json.loads with every way it can fail (syntax, nesting beyond the recursion limit,
     integers of more than 4,300 digits) turned into BadRequest."""
     try:
@@ -171,7 +192,7 @@ def parse_json(text: str, features: Sequence[str], limits: Limits = DEFAULT_LIMI
     return value  # from_json checks the nesting limit, once, for parsed and pre-parsed bodies
 
 
-def check_depth(value: Any, features: Sequence[str], limits: Limits = DEFAULT_LIMITS) -> None:
+def check_depth(value: Any, features: Spec, limits: Limits = DEFAULT_LIMITS) -> None:
     """BadRequest when a parsed JSON value nests deeper than the limit (iteratively: a value
     nested 100,000 levels deep must not exhaust the stack here either)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -193,68 +214,82 @@ def _cut(text: str, n: int = 120) -> str:
 # --- JSON -------------------------------------------------------------------------------------
 
 
-def _number(v: Any) -> tuple[float, str | None]:
-    """A JSON value as a finite float, or the reason it is not one."""
-    if type(v) is float:
-        return (v, None) if math.isfinite(v) else (0.0, "is not finite")
-    if type(v) is int:
-        try:
-            return float(v), None
-        except OverflowError:
-            return 0.0, "is a number too large"
-    return 0.0, "is not a number"
-
-
-def from_json(obj: Any, features: Sequence[str], first_row: int = 1, limits: Limits = DEFAULT_LIMITS) -> Rows:
+def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT_LIMITS) -> Rows:
     """Rows from a parsed JSON value: a row, a list of rows, or {"instances": [...]}."""
-    check_depth(obj, features, limits)
+    enc = encoder_of(spec)
+    features = enc.features
+    check_depth(obj, enc, limits)
     if isinstance(obj, dict):
         if "instances" in obj:
             rows = obj["instances"]
             if not isinstance(rows, list) or not rows:
-                raise BadRequest(f'"instances" must be a non-empty list of rows; {expected_forms(features)}')
+                raise BadRequest(f'"instances" must be a non-empty list of rows; {expected_forms(enc)}')
         elif any(f in obj for f in features):
             rows = [obj]
         else:
-            raise BadRequest(f"object has none of the model's features; {expected_forms(features)}")
+            raise BadRequest(f"object has none of the model's features; {expected_forms(enc)}")
     elif isinstance(obj, list):
         if not obj:
-            raise BadRequest(f"empty list; {expected_forms(features)}")
+            raise BadRequest(f"empty list; {expected_forms(enc)}")
         # A flat list of scalars is one row; anything else is a list of rows.
         rows = [obj] if not any(isinstance(v, (list, dict)) for v in obj) else obj
     else:
-        raise BadRequest(f"got a JSON {_json_type(obj)}; {expected_forms(features)}")
+        raise BadRequest(f"got a JSON {_json_type(obj)}; {expected_forms(enc)}")
     _check_rows(len(rows), limits)
 
     n = len(features)
-    values = np.zeros((len(rows), n), dtype=np.float64)
+    values = np.zeros((len(rows), enc.width), dtype=np.float64)
     errors: list[str | None] = [None] * len(rows)
+    unseen = [0] * n
+    absent = object()
+    what = "numbers" if enc.plain and not enc.impute else "values"
     for i, row in enumerate(rows):
         if isinstance(row, list):
             if len(row) != n:
                 errors[i] = f"row {first_row + i}: expected {n} features, got {len(row)}"
                 continue
-            pairs = zip(features, row)
+            items = row
         elif isinstance(row, dict):
-            missing = [f for f in features if f not in row]
-            if missing:
-                errors[i] = f"row {first_row + i}: missing feature {', '.join(map(repr, missing))}"
+            if not enc.impute:
+                missing = [f for f in features if f not in row]
+                if missing:
+                    errors[i] = f"row {first_row + i}: missing feature {', '.join(map(repr, missing))}"
+                    continue
+            elif not any(f in row for f in features):
+                errors[i] = (
+                    f"row {first_row + i}: the object has none of the model's columns "
+                    f"({preview(', '.join(features))})"
+                )
                 continue
-            pairs = ((f, row[f]) for f in features)
+            items = [row.get(f, absent) for f in features]
         else:
             errors[i] = (
-                f"row {first_row + i}: expected a list of {n} numbers or an object keyed by "
+                f"row {first_row + i}: expected a list of {n} {what} or an object keyed by "
                 f"feature names, got {preview(row)}"
             )
             continue
-        for j, (name, v) in enumerate(pairs):
-            x, problem = _number(v)
+        new = []
+        for j, v in enumerate(items):
+            if v is absent:
+                problem, is_new = enc.put_missing(values, i, j), False
+            else:
+                problem, is_new = enc.put_json(values, i, j, v)
             if problem:
-                errors[i] = f"row {first_row + i}: feature {name!r} {problem}: {preview(v)}"
+                errors[i] = f"row {first_row + i}: feature {features[j]!r} {problem}" + (
+                    f": {preview(v)}" if problem != "is missing" else ""
+                )
                 values[i] = 0.0
+                new = []
                 break
-            values[i, j] = x
-    return Rows(values, errors)
+            if is_new:
+                new.append(j)
+        for j in new:
+            unseen[j] += 1
+    return Rows(values, errors, _unseen(features, unseen))
+
+
+def _unseen(features: Sequence[str], counts: Sequence[int]) -> dict[str, int]:
+    return {f: c for f, c in zip(features, counts) if c}
 
 
 def _json_type(obj: Any) -> str:
@@ -280,7 +315,7 @@ def _is_header(record: list[str], features: Sequence[str]) -> bool:
 
 def from_csv(
     text: str,
-    features: Sequence[str],
+    spec: Spec,
     first_row: int = 1,
     header: bool | None = None,
     limits: Limits = DEFAULT_LIMITS,
@@ -293,8 +328,10 @@ def from_csv(
     sends N records gets N results back. Records are split as Python's csv module splits
     them (a quoted field may span lines; a quote left open runs to the end of the body).
     """
-    if '"' not in text and "\r" not in text:
-        fast = _from_plain_csv(text, features, header, limits)
+    enc = encoder_of(spec)
+    features = enc.features
+    if enc.plain and '"' not in text and "\r" not in text:
+        fast = _from_plain_csv(text, enc, header, limits)
         if fast is not None:
             return fast
     records, problems = parse_records(text, limits)
@@ -302,7 +339,7 @@ def from_csv(
         header = bool(records) and problems[0] is None and _is_header(records[0], features)
     if header:
         if not records:
-            raise BadRequest(f"missing CSV header; {expected_forms(features)}")
+            raise BadRequest(f"missing CSV header; {expected_forms(enc)}")
         if problems[0] is not None:
             raise BadRequest(f"the CSV header cannot be read: {problems[0]}")
         names = [f.strip() for f in records[0]]
@@ -321,7 +358,7 @@ def from_csv(
         index = list(range(len(features)))
         width = len(features)
     _check_rows(len(records), limits)
-    rows = from_records(records, features, index, width, first_row)
+    rows = from_records(records, enc, index, width, first_row)
     for i, problem in enumerate(problems):
         if problem is not None:
             rows.errors[i] = f"row {first_row + i}: {problem}"
@@ -417,11 +454,13 @@ def ends_in_quotes(line: str, in_quotes: bool = False) -> bool:
 
 
 def _from_plain_csv(
-    text: str, features: Sequence[str], header: bool | None, limits: Limits = DEFAULT_LIMITS
+    text: str, spec: Spec, header: bool | None, limits: Limits = DEFAULT_LIMITS
 ) -> Rows | None:
-    """The common case in C: no quotes, every line with the same number of fields, every
-    feature a finite number. Returns None when any of that is not so, and the careful
-    path below names what is wrong with which row."""
+    """The common case in C for a numbers-only model: no quotes, every line with the same
+    number of fields, every feature a finite number (none missing). Returns None when any
+    of that is not so, and the careful path below names what is wrong with which row, or
+    fills what is missing."""
+    features = encoder_of(spec).features
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -459,19 +498,22 @@ def _from_plain_csv(
 
 def from_records(
     records: Sequence[Sequence[str]],
-    features: Sequence[str],
+    spec: Spec,
     index: Sequence[int],
     width: int,
     first_row: int = 1,
 ) -> Rows:
-    """Validate parsed CSV records: `index[j]` is the field holding feature j, `width` the
-    number of fields every record must have.
+    """Validate and encode parsed CSV records: `index[j]` is the field holding column j,
+    `width` the number of fields every record must have.
 
-    Vectorised for the common case (every field parses): one numpy conversion for the whole
-    batch; only when that fails does it walk the rows to name the bad ones.
+    Column by column, vectorised for the common case (every field of a column a plain
+    value): one numpy conversion or one dictionary pass per column; only a column where that
+    fails is walked field by field to fill what is missing and name the bad rows.
     """
+    enc = encoder_of(spec)
+    features = enc.features
     n = len(records)
-    values = np.zeros((n, len(features)), dtype=np.float64)
+    values = np.zeros((n, enc.width), dtype=np.float64)
     errors: list[str | None] = [None] * n
     good = []
     for i, rec in enumerate(records):
@@ -485,29 +527,11 @@ def from_records(
             errors[i] = f"row {first_row + i}: expected {width} fields, got {len(rec)}{hint}"
     if not good:
         return Rows(values, errors)
-    flat = [records[i][k] for i in good for k in index]
-    try:
-        block = np.array(flat, dtype=np.float64).reshape(len(good), len(index))
-    except (ValueError, OverflowError):
-        block = np.zeros((len(good), len(index)), dtype=np.float64)
-        for r, i in enumerate(good):
-            for j, k in enumerate(index):
-                field = records[i][k]
-                try:
-                    block[r, j] = float(field)
-                except (ValueError, OverflowError):
-                    what = "is empty" if not field.strip() else f"is not a number: {preview(field, True)}"
-                    errors[i] = f"row {first_row + i}: feature {features[j]!r} {what}"
-                    block[r] = 0.0
-                    break
-    finite = np.isfinite(block)
-    if not finite.all():
-        for r in np.flatnonzero(~finite.all(axis=1)):
-            i = good[r]
-            if errors[i] is None:
-                j = int(np.flatnonzero(~finite[r])[0])
-                value = preview(records[i][index[j]], True)
-                errors[i] = f"row {first_row + i}: feature {features[j]!r} is not finite: {value}"
-            block[r] = 0.0
-    values[good] = block
-    return Rows(values, errors)
+    rows = np.asarray(good, dtype=np.int64)
+    counts = [0] * len(features)
+    for j, k in enumerate(index):
+        counts[j] = enc.put_fields(values, rows, j, [records[i][k] for i in good], errors, first_row)
+    failed = [i for i in good if errors[i] is not None]
+    if failed:
+        values[failed] = 0.0
+    return Rows(values, errors, _unseen(features, counts))

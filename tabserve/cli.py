@@ -48,33 +48,91 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.fit import fit
 
     if args.csv and not args.target:
-        raise TabserveError("--csv needs --target COLUMN (the column holding the class labels)")
-    if args.target and not args.csv:
-        raise TabserveError("--target only applies with --csv PATH")
-    data = load_csv(Path(args.csv), args.target, args.name) if args.csv else load_builtin(args.dataset)
-    if args.name and not args.csv:
-        data = type(data)(**{**data.__dict__, "name": args.name})
+        raise TabserveError("--csv needs --target COLUMN (the column to predict)")
+    csv_only = {
+        "--target": args.target,
+        "--task": args.task,
+        "--categorical": args.categorical,
+        "--drop": args.drop,
+        "--keep": args.keep,
+    }
+    if not args.csv:
+        given = [flag for flag, value in csv_only.items() if value]
+        if given:
+            raise TabserveError(
+                f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --csv PATH"
+            )
+    if args.csv:
+        data = load_csv(
+            Path(args.csv),
+            args.target,
+            args.name,
+            task=args.task,
+            categorical=args.categorical or (),
+            drop=args.drop or (),
+            keep=args.keep or (),
+            max_categories=args.max_categories,
+            missing=args.missing,
+        )
+    else:
+        data = load_builtin(args.dataset)
+        if args.name:
+            data = type(data)(**{**data.__dict__, "name": args.name})
+        if args.missing != "impute":
+            data = type(data)(**{**data.__dict__, "missing": args.missing})
     try:
         config = FitConfig(
             hidden=tuple(args.hidden),
             epochs=args.epochs,
             lr=args.lr,
-            batch_size=args.batch_size,
+            batch_size=None if args.batch_size == "auto" else _positive_int(args.batch_size, "--batch-size"),
             seed=args.seed,
+            patience=args.patience,
+            class_weight=args.class_weight,
         )
     except ValueError as exc:
         raise TabserveError(str(exc)) from exc
+    for note in data.notes:
+        print(note)
+    roles = ", ".join(f"{f} ({r})" for f, r in zip(data.features, data.roles))
+    print(f"columns: {roles}")
     out = Path(args.out) if args.out else Path("artifacts") / data.name
     bar = Progress(config.epochs, "epochs")
     result = fit(data, config, on_epoch=lambda e, n, loss: bar.update(e, f"loss {loss:.4f}"))
     bar.close()
     export(data, config, result, out)
     m = result.metrics
+    if data.task == "classification":
+        scores = (
+            f"{len(data.classes)} classes; train accuracy {m['train_accuracy']:.4f}, "
+            f"test accuracy {m['test_accuracy']:.4f}"
+        )
+    else:
+        scores = f"regression; test RMSE {m['test_rmse']:.4g}, MAE {m['test_mae']:.4g}, R2 {m['test_r2']:.4f}"
     print(
-        f"trained {data.name}: {len(data.y)} rows, {len(data.features)} features, "
-        f"{len(data.classes)} classes; train accuracy {m['train_accuracy']:.4f}, "
-        f"test accuracy {m['test_accuracy']:.4f}; wrote {out}"
+        f"trained {data.name}: {len(data.y)} rows, {len(data.features)} features, {scores} "
+        f"(best epoch {m['best_epoch']} of {m['epochs_run']}); wrote {out}"
     )
+    return 0
+
+
+def _positive_int(value: str, flag: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise TabserveError(f"{flag} must be a whole number or auto, got {value!r}") from None
+    if n < 1:
+        raise TabserveError(f"{flag} must be at least 1, got {n}")
+    return n
+
+
+# --- describe ---------------------------------------------------------------------------------
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from .describe import describe
+
+    print(describe(Path(args.path)), end="")
     return 0
 
 
@@ -300,8 +358,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     from .handler.rows import Limits
-    from .train.config import BATCH_SIZE, EPOCHS, HIDDEN, LR, SEED
-    from .train.data import BUILTIN
+    from .train.config import CLASS_WEIGHTS, EPOCHS, HIDDEN, LR, PATIENCE, SEED
+    from .train.data import BUILTIN, MAX_CATEGORIES, MISSING_POLICIES
 
     LIMITS = Limits()  # noqa: N806 (the handler's defaults, shown in archive --help)
 
@@ -315,7 +373,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", choices=BUILTIN, default=env("DATASET", "iris"), help="a bundled scikit-learn data set"
     )
     t.add_argument("--csv", help="train on this CSV instead (with --target)")
-    t.add_argument("--target", help="the CSV column holding class labels")
+    t.add_argument("--target", help="the CSV column to predict (class labels or numbers)")
+    t.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="default: classification when the target is text or at most 20 distinct integers, "
+        "else regression",
+    )
+    t.add_argument(
+        "--categorical", action="append", metavar="COL", help="read this column as categories (repeatable)"
+    )
+    t.add_argument("--drop", action="append", metavar="COL", help="leave this column out (repeatable)")
+    t.add_argument(
+        "--keep",
+        action="append",
+        metavar="COL",
+        help="use this column although it looks like an identifier (repeatable)",
+    )
+    t.add_argument(
+        "--max-categories",
+        type=int,
+        default=MAX_CATEGORIES,
+        help="refuse a categorical column with more distinct values",
+    )
+    t.add_argument(
+        "--missing",
+        choices=MISSING_POLICIES,
+        default="impute",
+        help="impute: missing values are filled (median or a missing category); error: they are row errors",
+    )
+    t.add_argument(
+        "--class-weight", choices=CLASS_WEIGHTS, default="none", help="balanced: weigh classes by 1/frequency"
+    )
     t.add_argument("--name", help="model name (default: the dataset or CSV file name)")
     t.add_argument("--out", help="artifacts folder (default: artifacts/NAME)")
     t.add_argument(
@@ -326,13 +415,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"hidden layer widths (default: {' '.join(map(str, HIDDEN))})",
     )
-    t.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training split")
+    t.add_argument(
+        "--epochs", type=int, default=EPOCHS, help="at most this many passes over the training split"
+    )
     t.add_argument("--lr", type=float, default=LR, help="Adam's learning rate")
-    t.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="rows per optimiser step")
+    t.add_argument(
+        "--batch-size",
+        default="auto",
+        help="rows per optimiser step; auto: 16, or 1%% of the training rows (at most 512) on large tables",
+    )
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=PATIENCE,
+        help="stop after this many epochs without a better validation loss",
+    )
     t.add_argument(
         "--seed", type=int, default=SEED, help="split and initialisation; same seed and data, same weights"
     )
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser(
+        "describe", help="print a model's columns, roles, missing-value handling and metrics", **helpful
+    )
+    d.add_argument("path", help="an artifacts folder (tabserve train --out) or a .mar archive")
+    d.set_defaults(func=cmd_describe)
 
     a = sub.add_parser(
         "archive", help="bundle artifacts and the handler into MODEL_STORE/NAME.mar", **helpful

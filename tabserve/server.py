@@ -345,16 +345,25 @@ class TorchServe:
                 parts.append(f"--- {p} ---\n" + p.read_text(errors="replace")[-LOG_TAIL:])
         return "\n".join(parts)
 
-    def sample_row(self, model: str) -> dict[str, float] | None:
+    def sample_row(self, model: str) -> dict[str, float | str] | None:
         """A row of training means to ask the model for, or None for an archive that is not
         tabserve's (then readiness is TorchServe's own /ping)."""
         try:
             schema = read_schema(self.store / f"{model}.mar")
         except ArchiveError:
             return None
-        stats = schema.feature_stats
+        if not schema.columns:  # numbers only: the training means
+            stats = schema.feature_stats
+            return {
+                f: float(stats.get(f, {}).get("mean", m)) for f, m in zip(schema.features, schema.scaler_mean)
+            }
+        # A row every model answers: the fill value of each numeric column, the first
+        # category (or any text: OTHER) of each categorical one.
         return {
-            f: float(stats.get(f, {}).get("mean", m)) for f, m in zip(schema.features, schema.scaler_mean)
+            c.name: (c.fill if c.fill is not None else 0.0)
+            if c.role == "numeric"
+            else (c.categories[0] if c.categories else "x")
+            for c in schema.columns
         }
 
     def wait_ready(self) -> float:

@@ -85,7 +85,7 @@ def test_archive_of_broken_artifacts_fails_and_keeps_the_old_archive(tmp_path, c
     [
         (
             ["train", "--csv", "x.csv"],
-            "Error: --csv needs --target COLUMN (the column holding the class labels)\n",
+            "Error: --csv needs --target COLUMN (the column to predict)\n",
         ),
         (["train", "--target", "y"], "Error: --target only applies with --csv PATH\n"),
         (

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,16 +56,21 @@ def test_schema_describes_the_model_completely(artifacts: Path):
         "type": "mlp",
     }
     assert len(d["scaler"]["mean"]) == len(d["scaler"]["scale"]) == 4
-    assert set(d["feature_stats"]["petal_width_cm"]) == {"min", "max", "mean", "std"}
+    assert set(d["feature_stats"]["petal_width_cm"]) == {"min", "max", "mean", "std", "missing"}
+    assert d["format_version"] == 2 and d["task"] == "classification" and d["missing"] == "impute"
+    assert [c["role"] for c in d["columns"]] == ["numeric"] * 4
+    assert not any(c["indicator"] for c in d["columns"])  # no missing values in Iris
     assert set(d["metrics"]["test_accuracy_per_class"]) == set(d["classes"])
     assert len(d["training"]["data_sha256"]) == 64 and d["training"]["seed"] == 0
     assert {"torch", "scikit_learn"} <= set(d["versions"])
-    assert d["metrics"]["train_rows"] == 120 and d["metrics"]["test_rows"] == 30
+    # 120 training rows: 102 to fit, 18 to stop early on; 30 to test.
+    assert d["metrics"]["train_rows"] + d["metrics"]["valid_rows"] == 120 and d["metrics"]["test_rows"] == 30
 
 
 def test_scaler_is_fitted_on_the_training_split_only(artifacts: Path):
     d = json.loads((artifacts / "schema.json").read_text())
-    full_mean = load_builtin("iris").x.mean(axis=0).tolist()
+    iris = load_builtin("iris")
+    full_mean = np.array(iris.records, dtype=np.float64).mean(axis=0).tolist()
     assert d["scaler"]["mean"] != pytest.approx(full_mean, abs=1e-9)
     assert d["scaler"]["mean"] == pytest.approx([s["mean"] for s in d["feature_stats"].values()])
 
@@ -77,7 +83,7 @@ def test_weights_load_with_weights_only(artifacts: Path):
 def test_csv_training_with_string_labels_and_custom_hidden_layers(tmp_path: Path):
     data = load_builtin("iris")
     lines = ["f1,label,f2,f3,f4"]
-    for x, y in zip(data.x, data.y):
+    for x, y in zip(data.records, data.y):
         lines.append(f"{x[0]},{data.classes[y]},{x[1]},{x[2]},{x[3]}")
     (tmp_path / "flowers.csv").write_text("\n".join(lines) + "\n")
     ds = load_csv(tmp_path / "flowers.csv", "label")
@@ -91,10 +97,10 @@ def test_csv_training_with_string_labels_and_custom_hidden_layers(tmp_path: Path
     ("text", "target", "message"),
     [
         ("a,b,y\n1,2,x\n", "label", "target column 'label' not found; columns are a, b, y"),
-        ("a,b,y\n1,zz,p\n", "y", "line 2: feature column 'b' is not numeric: 'zz'"),
         ("a,y\n" + "1,p\n" * 10 + "2,q\n" * 3, "y", "class(es) 'q' (3) have fewer than 5 rows"),
         ("a,y\n" + "1,p\n" * 10, "y", "need at least 2 classes, found 1"),
-        ("a,b,y\n1,2\n", "y", "line 2: expected 3 fields, got 2"),
+        ("a,b,y\n1,2\n", "y", "1 line(s) do not have the header's 3 fields: line 2 has 2"),
+        ("a,b,y\n" + "1,,p\n2,,q\n" * 5, "y", "column 'b' is empty in every row: --drop b"),
     ],
 )
 def test_bad_training_csv_is_a_clear_error_before_training(tmp_path, text, target, message):

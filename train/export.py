@@ -11,23 +11,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..handler.columns import NUMERIC, is_missing_text
 from ..handler.schema import SCHEMA_FILE, WEIGHTS_FILE, Schema
 from .config import FitConfig
-from .data import Dataset
+from .data import Table
 from .fit import FitResult
 
 
-def feature_stats(data: Dataset, rows: np.ndarray) -> dict[str, dict[str, float]]:
-    x = data.x[rows]
-    return {
-        name: {
-            "min": float(x[:, j].min()),
-            "max": float(x[:, j].max()),
-            "mean": float(x[:, j].mean()),
-            "std": float(x[:, j].std()),
-        }
-        for j, name in enumerate(data.features)
-    }
+def feature_stats(table: Table, rows: np.ndarray) -> dict[str, dict]:
+    """Per column, on the training split: numeric min, max, mean, std of the present values;
+    categorical counts per value; both with the number of missing values."""
+    stats: dict[str, dict] = {}
+    for j, (name, role) in enumerate(zip(table.features, table.roles)):
+        values = [table.records[i][j] for i in rows.tolist()]
+        present = [v.strip() for v in values if not is_missing_text(v)]
+        missing = len(values) - len(present)
+        if role == NUMERIC:
+            x = np.asarray([float(v) for v in present], dtype=np.float64)
+            if len(x):
+                stats[name] = {
+                    "min": float(x.min()),
+                    "max": float(x.max()),
+                    "mean": float(x.mean()),
+                    "std": float(x.std()),
+                    "missing": missing,
+                }
+            else:
+                stats[name] = {"missing": missing}
+        else:
+            counts: dict[str, int] = {}
+            for v in present:
+                counts[v] = counts.get(v, 0) + 1
+            stats[name] = {"counts": dict(sorted(counts.items())), "missing": missing}
+    return stats
 
 
 def _tabserve_version() -> str:
@@ -39,13 +55,19 @@ def _tabserve_version() -> str:
         return "unknown"
 
 
-def build_schema(data: Dataset, config: FitConfig, result: FitResult, weights_sha256: str) -> Schema:
+def build_schema(data: Table, config: FitConfig, result: FitResult, weights_sha256: str) -> Schema:
     import sklearn
 
     return Schema(
         name=data.name,
         features=data.features,
         classes=data.classes,
+        task=data.task,
+        columns=result.columns,
+        missing=data.missing,
+        target=data.target,
+        target_mean=result.target_mean,
+        target_scale=result.target_scale,
         architecture=result.architecture,
         scaler_mean=tuple(float(v) for v in result.scaler_mean),
         scaler_scale=tuple(float(v) for v in result.scaler_scale),
@@ -60,10 +82,17 @@ def build_schema(data: Dataset, config: FitConfig, result: FitResult, weights_sh
             "seed": config.seed,
             "epochs": config.epochs,
             "lr": config.lr,
-            "batch_size": config.batch_size,
+            "batch_size": result.metrics.get("batch_size", config.batch_size),
             "test_size": config.test_size,
+            "validation_size": config.validation_size,
+            "patience": config.patience,
+            "class_weight": config.class_weight,
+            "other_rate": config.other_rate,
             "optimizer": "adam",
-            "loss": "cross_entropy_on_logits",
+            "loss": "cross_entropy_on_logits"
+            if data.task == "classification"
+            else "mse_on_standardised_target",
+            "notes": list(data.notes),
         },
         versions={
             "tabserve": _tabserve_version(),
@@ -86,7 +115,7 @@ def weights_bytes(model: torch.nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def export(data: Dataset, config: FitConfig, result: FitResult, out: Path) -> Schema:
+def export(data: Table, config: FitConfig, result: FitResult, out: Path) -> Schema:
     """Write OUT/model.pt and OUT/schema.json. Each file is written beside its final name and
     renamed into place, the schema last, so a crash never leaves a schema pointing at
     weights it does not describe. The same data, settings and seed give byte-identical
