@@ -33,6 +33,7 @@ ROLES = (NUMERIC, CATEGORICAL)
 # spaces): pandas' and R's usual ones, kept short so a real category is never taken for one.
 MISSING_TOKENS = frozenset({"", "NA", "N/A", "n/a", "NaN", "nan", "-nan", "null", "NULL", "None", "<NA>"})
 OTHER = "<other>"
+_NAN = "nan"
 MISSING = "<missing>"
 
 
@@ -226,9 +227,23 @@ class Encoder:
                 block = np.array(fields, dtype=np.float64)
             except (ValueError, OverflowError):
                 block = None
-            if block is not None and np.isfinite(block).all():
-                values[rows, o] = block
-                return 0
+                if self.impute:  # most often a missing spelling: read those as NaN, once more
+                    try:
+                        tokens = MISSING_TOKENS
+                        block = np.array([_NAN if f in tokens else f for f in fields], dtype=np.float64)
+                    except (ValueError, OverflowError):
+                        pass
+            if block is not None:
+                finite = np.isfinite(block)
+                if finite.all():
+                    values[rows, o] = block
+                    return 0
+                nan = np.isnan(block)
+                if self.impute and not (~finite & ~nan).any():
+                    values[rows, o] = np.where(nan, c.fill if c.fill is not None else 0.0, block)
+                    if c.indicator:
+                        values[rows[nan], o + 1] = 1.0
+                    return 0
             for r, field in zip(rows.tolist(), fields):
                 if self.impute and is_missing_text(field):
                     problem = self.put_missing(values, r, j)

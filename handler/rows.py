@@ -529,8 +529,11 @@ def from_records(
         return Rows(values, errors)
     rows = np.asarray(good, dtype=np.int64)
     counts = [0] * len(features)
+    # Columns of the good records, transposed in C when every record is good (the common case).
+    columns = list(zip(*records)) if len(good) == n else None
     for j, k in enumerate(index):
-        counts[j] = enc.put_fields(values, rows, j, [records[i][k] for i in good], errors, first_row)
+        fields = list(columns[k]) if columns is not None else [records[i][k] for i in good]
+        counts[j] = enc.put_fields(values, rows, j, fields, errors, first_row)
     failed = [i for i in good if errors[i] is not None]
     if failed:
         values[failed] = 0.0
