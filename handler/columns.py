@@ -216,11 +216,11 @@ class Encoder:
         fields: list[str],
         errors: list[str | None],
         first_row: int = 1,
-    ) -> int:
+    ) -> list[int]:
         """Column j of the rows `rows` (indices into values and errors) from their CSV
         fields, vectorised where every field is a plain value. A bad field sets its row's
         error, when it has none yet ("row N: feature 'x' is not a number: 'abc'"). Returns
-        how many categories were unseen in training."""
+        the rows whose category was never seen in training."""
         c, o = self.columns[j], self.offsets[j]
         if c.role == NUMERIC:
             try:
@@ -237,13 +237,13 @@ class Encoder:
                 finite = np.isfinite(block)
                 if finite.all():
                     values[rows, o] = block
-                    return 0
+                    return []
                 nan = np.isnan(block)
                 if self.impute and not (~finite & ~nan).any():
                     values[rows, o] = np.where(nan, c.fill if c.fill is not None else 0.0, block)
                     if c.indicator:
                         values[rows[nan], o + 1] = 1.0
-                    return 0
+                    return []
             for r, field in zip(rows.tolist(), fields):
                 if self.impute and is_missing_text(field):
                     problem = self.put_missing(values, r, j)
@@ -262,10 +262,10 @@ class Encoder:
                             problem = None
                 if problem is not None and errors[r] is None:
                     errors[r] = f"row {first_row + r}: {field_problem(c.name, problem, field)}"
-            return 0
+            return []
         exact = self._lookup[j]
         slots = [exact.get(f, -1) for f in fields]
-        unseen = 0
+        unseen: list[int] = []
         for k, slot in enumerate(slots):
             if slot < 0:
                 field = fields[k]
@@ -276,7 +276,8 @@ class Encoder:
                         errors[r] = f"row {first_row + r}: {field_problem(c.name, problem, field)}"
                     continue
                 slots[k] = self.category_slot(j, field)
-                unseen += slots[k] == 0
+                if slots[k] == 0:
+                    unseen.append(int(rows[k]))
         idx = np.asarray(slots, dtype=np.int64)
         keep = idx >= 0
         values[rows[keep], o + idx[keep]] = 1.0

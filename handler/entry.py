@@ -24,7 +24,7 @@ import torch
 
 from .columns import Encoder
 from .predictor import Predictor, pick_device
-from .response import error_body, to_csv, to_json
+from .response import UNSEEN_HEADER, error_body, to_csv, to_json
 from .rows import (
     CSV_HEADER_HEADER,
     FIRST_ROW_HEADER,
@@ -40,8 +40,6 @@ from .rows import (
 log = logging.getLogger(__name__)
 
 CSV_ACCEPT = ("text/csv", "application/csv")
-# Response header: {"column": count} of the categories in the request not seen in training.
-UNSEEN_HEADER = "X-Tabserve-Unseen"
 # Requests with fewer rows than this share one model pass per TorchServe batch.
 POOL_MAX_ROWS = 64
 
@@ -88,6 +86,7 @@ class _Request:
     rows: Rows
     first_row: int
     csv_answer: bool
+    chunk: bool = False  # a batch job's chunk (it numbers its rows): never pooled
 
 
 class TabularHandler:
@@ -163,7 +162,8 @@ class TabularHandler:
         first_row = _first_row(headers.get(FIRST_ROW_HEADER.lower()))
         rows = _decode(_body(request, ctype), ctype, self.predictor.encoder, first_row, self.limits, forced)
         accept = headers.get("accept", "").split(";")[0].strip().lower()
-        return _Request(idx, rows, first_row, accept in CSV_ACCEPT)
+        chunk = FIRST_ROW_HEADER.lower() in headers
+        return _Request(idx, rows, first_row, accept in CSV_ACCEPT, chunk)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         assert self.predictor is not None, "handler used before initialize()"
@@ -187,7 +187,7 @@ class TabularHandler:
                 message = f"the body could not be read: {type(exc).__name__}: {str(exc)[:200]}"
                 answers[idx] = self._answer(context, idx, 400, error_body(400, message), _JSON)
 
-        results = self._pooled([d for d in decoded if len(d.rows) < POOL_MAX_ROWS])
+        results = self._pooled([d for d in decoded if len(d.rows) < POOL_MAX_ROWS and not d.chunk])
         predicted_rows = rejected_rows = 0
         for d in decoded:
             try:
@@ -211,11 +211,12 @@ class TabularHandler:
 
     def _pooled(self, small: list[_Request]) -> dict[int, tuple[np.ndarray, list[str | None]]]:
         """One model pass for the small requests of a batch (online traffic). A request of
-        POOL_MAX_ROWS rows or more (a batch chunk) gets a pass of its own: a float32 matmul's
-        last bits depend on a row's position in the batch, and a chunk's answer must depend on
-        that chunk only, so a resumed batch job writes the same bytes whatever TorchServe
-        batched its chunks with. If the pooled pass fails, each request gets a pass of its own
-        (the caller's), so one request's failure stays its own."""
+        POOL_MAX_ROWS rows or more, and every batch job's chunk (it carries FIRST_ROW_HEADER),
+        gets a pass of its own: a float32 matmul's last bits depend on a row's position in the
+        batch, and a chunk's answer must depend on that chunk only, so every engine, and a
+        resumed batch job, writes the same bytes whatever TorchServe batched its chunks with.
+        If the pooled pass fails, each request gets a pass of its own (the caller's), so one
+        request's failure stays its own."""
         if len(small) < 2:
             return {}
         try:

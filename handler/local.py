@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .entry import UNSEEN_HEADER, TabularHandler
+from .entry import TabularHandler
+from .response import UNSEEN_HEADER, unseen_counts
 from .rows import CSV_HEADER_HEADER, FIRST_ROW_HEADER
 
 
@@ -69,20 +70,6 @@ class LocalAnswer:
     def unseen(self) -> dict[str, int]:
         """{column: count} of the categories never seen in training (UNSEEN_HEADER)."""
         return unseen_counts(self.headers.get(UNSEEN_HEADER))
-
-
-def unseen_counts(value: str | None) -> dict[str, int]:
-    """The UNSEEN_HEADER of an answer as {column: count}; {} when it is absent or not such an
-    object (a count is a report, never a reason to fail a chunk)."""
-    if not value:
-        return {}
-    try:
-        counts = json.loads(value)
-    except ValueError:
-        return {}
-    if not isinstance(counts, dict):
-        return {}
-    return {str(k): v for k, v in counts.items() if type(v) is int and v > 0}
 
 
 class LocalModel:

@@ -11,6 +11,24 @@ from typing import Any
 
 import numpy as np
 
+# Response header: {"column": count} of the categories in a request that training never saw
+# (set by entry.py, added up by the batch engines).
+UNSEEN_HEADER = "X-Tabserve-Unseen"
+
+
+def unseen_counts(value: str | None) -> dict[str, int]:
+    """An UNSEEN_HEADER value as {column: count}; {} when it is absent or not such an object:
+    a count is a report, never a reason to fail a chunk."""
+    if not value:
+        return {}
+    try:
+        counts = json.loads(value)
+    except ValueError:
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {str(k): v for k, v in counts.items() if type(v) is int and v > 0}
+
 
 def output_columns(classes: Sequence[str]) -> list[str]:
     """The columns every engine appends to the input's: label, p_<class>..., error, or for

@@ -528,12 +528,14 @@ def from_records(
     if not good:
         return Rows(values, errors)
     rows = np.asarray(good, dtype=np.int64)
-    counts = [0] * len(features)
+    unseen: list[list[int]] = [[] for _ in features]
     # Columns of the good records, transposed in C when every record is good (the common case).
     columns = list(zip(*records)) if len(good) == n else None
     for j, k in enumerate(index):
         fields = list(columns[k]) if columns is not None else [records[i][k] for i in good]
-        counts[j] = enc.put_fields(values, rows, j, fields, errors, first_row)
+        unseen[j] = enc.put_fields(values, rows, j, fields, errors, first_row)
+    # Unseen categories are counted in rows that are predicted, as from_json counts them.
+    counts = [sum(errors[r] is None for r in found) for found in unseen]
     failed = [i for i in good if errors[i] is not None]
     if failed:
         values[failed] = 0.0

@@ -1,3 +1,3 @@
-"""tabserve: from a table of numbers to a classifier served by TorchServe."""
+"""tabserve: from a real table to a model served by TorchServe, online and in batch."""
 
 __version__ = "0.1.0"

@@ -1,10 +1,12 @@
 """Scoring engines: something that turns a chunk of CSV records into result lines.
 
 Every engine takes the input's header line and a chunk of record texts, and returns one
-`label,p_<class>...,error` line per record, in order, computed by the archive's handler code
-(`tabserve.handler.rows` decides what a bad row is, everywhere). A chunk the engine refuses as
-a whole raises ChunkRefused, one it could not score raises ServerError: the scorer (one place,
-`scorer.score_contained`) splits it to find the rows that cause it.
+`label,p_<class>...,error` (regression: `prediction,error`) line per record, in order, computed
+by the archive's handler code (`tabserve.handler.rows` decides what a bad row is, everywhere),
+with the handler's count of the categories in the chunk that training never saw (Results). A
+chunk the engine refuses as a whole raises ChunkRefused, one it could not score raises
+ServerError: the scorer (one place, `scorer.score_contained`) splits it to find the rows that
+cause it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from .errors import ChunkRefused, ConfigError, ServerError, TabserveError
-from .handler.response import result_lines
+from .handler.response import UNSEEN_HEADER, result_lines, unseen_counts
 from .handler.rows import CSV_HEADER_HEADER, FIRST_ROW_HEADER
 
 # TorchServe answers these when a worker is busy, restarting or out of memory: try again.
@@ -34,14 +37,32 @@ MODEL_NAME_REQUIRED = "model_name is required"
 _PREDICTIONS = re.compile(r"^(?P<prefix>.*?)/predictions/(?P<model>[^/]+)(?:/(?P<version>[^/]+))?/?$")
 
 
+class Results(list[str]):
+    """One result line per record of a chunk, and `unseen`: {column: count} of the categories
+    in the answers they came from that training never saw (empty for an engine or an archive
+    that does not report them)."""
+
+    def __init__(self, lines: Iterable[str] = (), unseen: dict[str, int] | None = None) -> None:
+        super().__init__(lines)
+        self.unseen: dict[str, int] = dict(unseen or {})
+
+
+def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    """Add `more` into `total` (in place); returns `total`."""
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + v
+    return total
+
+
 class Engine(Protocol):
     def probe(self, header: str) -> list[str]:
         """Check the input's header against the model; returns the output columns."""
 
     def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
-        """One result line per record in `lines`. Raises ChunkRefused when the chunk is
-        refused as a whole, ServerError when it could not be scored after `retries` tries
-        (None: the engine's own setting)."""
+        """One result line per record in `lines` (Results, when the engine also reports the
+        unseen categories of the answer; a plain list counts none). Raises ChunkRefused when
+        the chunk is refused as a whole, ServerError when it could not be scored after
+        `retries` tries (None: the engine's own setting)."""
 
     def alive(self, header: str) -> bool:
         """Whether the engine still answers (after a chunk failed): a failure is then the
@@ -216,17 +237,18 @@ class TorchServeEngine:
         except TabserveError:
             return False
 
-    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
+    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> Results:
         if not lines:
-            return []
+            return Results()
         body = (header + "\n" + "\n".join(lines) + "\n").encode("utf-8")
         r = self._post(body, first_row, retries)
         if r.status_code != 200:
             raise ChunkRefused(_message(r))
         try:
-            return result_lines(r.content.decode("utf-8"), len(lines))
+            results = result_lines(r.content.decode("utf-8"), len(lines))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ServerError(f"{self.endpoint}, chunk starting at row {first_row}: {exc}") from exc
+        return Results(results, unseen_counts(r.headers.get(UNSEEN_HEADER)))
 
 
 def _message(r: requests.Response) -> str:
@@ -238,15 +260,17 @@ def _message(r: requests.Response) -> str:
 
 
 def _columns(answer: str, header: str, where: str) -> list[str]:
-    """The output columns from the answer to a header-only request. A model that read the
-    header as a data row (an archive whose handler predates the header flag) answers a row
-    for it: then the header names none of the model's features."""
+    """The output columns from the answer to a header-only request: label, p_<class>...,
+    error (classification) or prediction, error (regression). A model that read the header
+    as a data row (an archive whose handler predates the header flag) answers a row for it:
+    then the header names none of the model's features."""
     lines = answer.rstrip("\n").split("\n")
     columns = lines[0].split(",")
-    if len(columns) < 2 or columns[0] != "label" or columns[-1] != "error":
+    classifier = len(columns) >= 2 and columns[0] == "label" and columns[-1] == "error"
+    if not (classifier or columns == ["prediction", "error"]):
         raise ServerError(f"{where} is not a tabserve model: it answered {answer[:200]!r}")
     if len(lines) > 1:
-        error = lines[1].split(",", len(columns) - 2)[-1]
+        error = lines[1].split(",", len(columns) - 1)[-1]
         raise ConfigError(
             f"the input's first line is not a header the model can read ({error}): "
             f"it names none of the model's features; header was {header[:200]!r}"
@@ -278,9 +302,14 @@ class LocalEngine:
         self.handler = self.model.handler
         self.columns: list[str] = []
 
-    def _call(self, body: str, first_row: int) -> tuple[int, str]:
+    def _call(self, body: str, first_row: int) -> tuple[int, str, dict[str, int]]:
+        """(status, answer, unseen categories) of the handler for one text/csv body."""
         try:
-            return self.model.call_csv(body, first_row)
+            respond = getattr(self.model, "respond_csv", None)
+            if respond is None:  # an archive from before the handler reported unseen categories
+                return (*self.model.call_csv(body, first_row), {})
+            answer = respond(body, first_row)
+            return answer.status, answer.body, answer.unseen
         except Exception as exc:  # the handler failed on this body: the chunk's failure
             raise ServerError(
                 f"the model's handler failed on the chunk starting at row {first_row}: "
@@ -288,7 +317,7 @@ class LocalEngine:
             ) from exc
 
     def probe(self, header: str) -> list[str]:
-        status, out = self._call(header + "\n", 1)
+        status, out, _ = self._call(header + "\n", 1)
         if status != 200:
             raise ConfigError(f"the model refused the input's columns: {json.loads(out)['message']}")
         self.columns = _columns(out, header, "the archive's handler")
@@ -297,14 +326,14 @@ class LocalEngine:
     def alive(self, header: str) -> bool:
         return True  # in this process: a failure is always the chunk's own
 
-    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
+    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> Results:
         if not lines:
-            return []
-        status, out = self._call(header + "\n" + "\n".join(lines) + "\n", first_row)
+            return Results()
+        status, out, unseen = self._call(header + "\n" + "\n".join(lines) + "\n", first_row)
         if status != 200:
             raise ChunkRefused(json.loads(out)["message"])
         try:
-            return result_lines(out, len(lines))
+            return Results(result_lines(out, len(lines)), unseen)
         except ValueError as exc:
             raise ServerError(f"the archive's handler, chunk starting at row {first_row}: {exc}") from exc
 
@@ -379,9 +408,11 @@ def _worker_probe(header: str) -> list[str]:
     return _worker.probe(header)
 
 
-def _worker_score(header: str, lines: list[str], first_row: int) -> list[str]:
+def _worker_score(header: str, lines: list[str], first_row: int) -> tuple[list[str], dict[str, int]]:
+    """The result lines and the unseen-category counts of one chunk, as plain data."""
     assert _worker is not None
-    return _worker.score(header, lines, first_row)
+    results = _worker.score(header, lines, first_row)
+    return list(results), results.unseen
 
 
 class LocalPoolEngine:
@@ -435,10 +466,10 @@ class LocalPoolEngine:
         except TabserveError:
             return False
 
-    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
+    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> Results:
         if not lines:
-            return []
-        return self._run(_worker_score, header, lines, first_row)
+            return Results()
+        return Results(*self._run(_worker_score, header, lines, first_row))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .csvio import (
@@ -36,7 +36,16 @@ from .csvio import (
     parse_header,
     quote,
 )
-from .engines import AuthError, Engine, LocalPoolEngine, TokenSource, TorchServeEngine, split_url
+from .engines import (
+    AuthError,
+    Engine,
+    LocalPoolEngine,
+    Results,
+    TokenSource,
+    TorchServeEngine,
+    add_counts,
+    split_url,
+)
 from .errors import ChunkRefused, ConfigError, OutputError, ServerError, TabserveError
 from .handler.response import Unsplittable, contained_results, merge_rows
 from .progress import Progress
@@ -123,6 +132,9 @@ class ScoreResult:
     seconds: float
     output: str
     resumed_rows: int = 0  # rows an earlier, interrupted run had already written
+    # {column: count} of the categories in the rows never seen in training (scored with the
+    # model's OTHER input), as the handler reported them for the answers written.
+    unseen: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -134,8 +146,15 @@ class ScoreResult:
         resumed = f" ({self.resumed_rows:,} of them from the resumed run)" if self.resumed_rows else ""
         return (
             f"scored {self.rows:,} rows{resumed}: {self.rows - self.errors:,} ok, {self.errors:,} errors"
-            f"{blank}; {rate:,.0f} rows/s, {self.seconds:.1f} s; wrote {self.output}"
+            f"{blank}{unseen_summary(self.unseen)}; {rate:,.0f} rows/s, {self.seconds:.1f} s; "
+            f"wrote {self.output}"
         )
+
+
+def unseen_summary(unseen: dict[str, int]) -> str:
+    """The summary's "; unseen categories: island 3, sex 1" (columns by name), or "" if none."""
+    counts = [f"{name} {n:,}" for name, n in sorted(unseen.items()) if n]
+    return f"; unseen categories: {', '.join(counts)}" if counts else ""
 
 
 @dataclass
@@ -154,6 +173,9 @@ class Checkpoint:
     errors: int
     blank_lines: int
     version: int = CHECKPOINT_VERSION
+    # Unseen categories so far, per column (a checkpoint written before they were counted
+    # has none: a resumed job then reports those of the rows it scored itself).
+    unseen: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def path_for(output: str) -> Path:
@@ -318,6 +340,7 @@ def _run(
     n_classes = len(columns) - 2
 
     next_index, next_row, rows, errors, blanks = 0, 1, 0, 0, 0
+    unseen: dict[str, int] = {}
     resume_bytes = None
     if checkpoint is not None:
         if (checkpoint.input, checkpoint.input_size, checkpoint.input_mtime_ns, checkpoint.header) != (
@@ -336,6 +359,7 @@ def _run(
         reader.seek(checkpoint.input_offset, config.input)
         next_index, next_row = checkpoint.next_index, checkpoint.next_row
         rows, errors, blanks = checkpoint.rows, checkpoint.errors, checkpoint.blank_lines
+        unseen = dict(checkpoint.unseen)
         resume_bytes = checkpoint.output_bytes
 
     bar = Progress(None, "rows", enabled=config.progress)
@@ -350,18 +374,21 @@ def _run(
             out.write_block(header + "," + ",".join(map(quote, columns)) + "\n")
         pool = ThreadPoolExecutor(config.workers, thread_name_prefix="tabserve-score")
         stack.callback(pool.shutdown, wait=False, cancel_futures=True)
-        inflight: deque[tuple[Chunk, Future[list[str]]]] = deque()
+        inflight: deque[tuple[Chunk, Future[Results]]] = deque()
         last_checkpoint = float("-inf")
 
         def write_oldest() -> None:
             nonlocal rows, errors, blanks, last_checkpoint, latest, saved
             assert out is not None
             chunk, future = inflight.popleft()
-            block, failed = merge_chunk(chunk, future.result(), width)
+            results = future.result()
+            block, failed = merge_chunk(chunk, results, width)
             written = out.write_block(block)
             rows += len(chunk.lines)
             errors += failed
             blanks += chunk.blank_lines
+            # Summed here, on the one thread that writes, from each chunk's own count.
+            add_counts(unseen, results.unseen)
             latest = Checkpoint(
                 config.input,
                 size,
@@ -374,6 +401,7 @@ def _run(
                 rows,
                 errors,
                 blanks,
+                unseen=dict(unseen),
             )
             now = time.monotonic()
             if out.part is not None and now - last_checkpoint >= CHECKPOINT_SECONDS:
@@ -418,22 +446,22 @@ def _run(
     except OSError:  # the output is complete: a stale checkpoint beside it is harmless
         pass
     resumed = checkpoint.rows if checkpoint else 0
-    return ScoreResult(rows, errors, blanks, time.monotonic() - t0, config.output, resumed)
+    return ScoreResult(rows, errors, blanks, time.monotonic() - t0, config.output, resumed, unseen)
 
 
-def score_chunk(
-    engine: Engine, header: str, chunk: Chunk, n_classes: int, max_record_bytes: int
-) -> list[str]:
+def score_chunk(engine: Engine, header: str, chunk: Chunk, n_classes: int, max_record_bytes: int) -> Results:
     """Result lines for every record of a chunk: a record over --max-record-bytes gets its
     error here, without an engine; the runs of records between them go to score_contained."""
     lines, first = chunk.lines, chunk.first_row
     if not chunk.oversized:
         return score_contained(engine, header, lines, first, n_classes)
-    results: list[str] = []
+    results = Results()
     start = 0
     for i in [*chunk.oversized, len(lines)]:
         if i > start:
-            results += score_contained(engine, header, lines[start:i], first + start, n_classes)
+            part = score_contained(engine, header, lines[start:i], first + start, n_classes)
+            results += part
+            add_counts(results.unseen, part.unseen)
         if i < len(lines):
             message = f"row {first + i}: record longer than {max_record_bytes} bytes (--max-record-bytes)"
             results.append("," * (n_classes + 1) + quote(message))
@@ -441,9 +469,7 @@ def score_chunk(
     return results
 
 
-def score_contained(
-    engine: Engine, header: str, lines: list[str], first_row: int, n_classes: int
-) -> list[str]:
+def score_contained(engine: Engine, header: str, lines: list[str], first_row: int, n_classes: int) -> Results:
     """engine.score for consecutive records, inside the job's containment boundary
     (handler.response.contained_results): records that the engine refuses as a whole
     (ChunkRefused, such as a 413) or fails on after its retries (ServerError), or that fail
@@ -451,20 +477,28 @@ def score_contained(
     each, so that only the rows that cause it get the reason as their error.
 
     Not split: a rejected token (AuthError), and any failure after which the engine no longer
-    answers a probe of the header (a dead server): those end the job, as before."""
+    answers a probe of the header (a dead server): those end the job, as before.
+
+    The unseen categories are counted from the answers whose lines are kept: an attempt that
+    fails counts nothing, so the rows of a split chunk are counted once, by the parts that
+    score them."""
+    unseen: dict[str, int] = {}
 
     def attempt(part: Sequence[str], first: int, depth: int) -> list[str]:
         try:
-            return engine.score(header, list(part), first, None if depth == 0 else SPLIT_RETRIES)
+            results = engine.score(header, list(part), first, None if depth == 0 else SPLIT_RETRIES)
         except AuthError as exc:
             raise Unsplittable(str(exc)) from exc
         except (ChunkRefused, ServerError) as exc:
             if not engine.alive(header):
                 raise Unsplittable(str(exc)) from exc
             raise
+        # contained_results keeps every list an attempt returns (it splits only on raising).
+        add_counts(unseen, getattr(results, "unseen", {}))
+        return results
 
     try:
-        return contained_results(attempt, lines, first_row, n_classes)
+        return Results(contained_results(attempt, lines, first_row, n_classes), unseen)
     except Unsplittable as exc:
         cause = exc.__cause__
         if isinstance(cause, TabserveError):
@@ -556,9 +590,7 @@ def score_on_spark(config: ScoreConfig) -> ScoreResult:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = SparkSession.builder.master(config.master).appName("tabserve-score").getOrCreate()
     try:
-        rows, errors = spark_job.run(
-            spark, mar, config.input, config.output, config.partitions, config.chunk_rows
-        )
+        job = spark_job.run(spark, mar, config.input, config.output, config.partitions, config.chunk_rows)
     except spark_job.SparkJobError as exc:
         raise ConfigError(str(exc)) from exc
     except Py4JJavaError as exc:
@@ -566,4 +598,4 @@ def score_on_spark(config: ScoreConfig) -> ScoreResult:
         raise JobFailed(f"the Spark job failed: {first}; Spark's log above says more") from exc
     finally:
         spark.stop()
-    return ScoreResult(rows, errors, 0, time.monotonic() - t0, config.output)
+    return ScoreResult(job.rows, job.errors, 0, time.monotonic() - t0, config.output, unseen=job.unseen)

@@ -9,7 +9,8 @@ tabserve installation, only this file, pyspark and the .mar):
 INPUT is any path Spark reads (a file or a folder of CSV files with the same header; local,
 oci://bucket@namespace/path, s3a://, hdfs://). OUTPUT is a folder of part files written by
 Spark's committer (atomic per job): read in name order they are the input rows in input order,
-each followed by label, p_<class>... and error, and part-00000 starts with the header.
+each followed by label, p_<class>... and error (a regression model: prediction and error), and
+part-00000 starts with the header.
 
 Each record is one physical line (Spark's text reader splits at every newline: quoted fields
 with newlines are not supported here; the local and TorchServe engines support them). Lines
@@ -24,12 +25,39 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any, NamedTuple
+
+from pyspark.accumulators import AccumulatorParam
 
 _models: dict[str, object] = {}
 
 
 class SparkJobError(Exception):
     """The job cannot start: the message says why."""
+
+
+class SparkResult(NamedTuple):
+    """What the job scored: rows, failed rows, and {column: count} of unseen categories."""
+
+    rows: int
+    errors: int
+    unseen: dict[str, int]
+
+
+class CountsParam(AccumulatorParam):
+    """An accumulator of {name: count} dictionaries, added key by key."""
+
+    def zero(self, value: dict[str, int]) -> dict[str, int]:
+        return {}
+
+    def addInPlace(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:  # Spark's name
+        return _add_counts(a, b)
+
+
+def _add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + v
+    return total
 
 
 def _model(mar_name: str):
@@ -58,31 +86,57 @@ def _model(mar_name: str):
     return _models[mar_name]
 
 
+def _answer(model: Any, body: str, first: int) -> tuple[int, str, dict[str, int]]:
+    """(status, answer, unseen categories) of the archive's handler for one text/csv body."""
+    respond = getattr(model, "respond_csv", None)
+    if respond is None:  # an archive from before the handler reported unseen categories
+        return (*model.call_csv(body, first), {})
+    answer = respond(body, first)
+    return answer.status, answer.body, answer.unseen
+
+
 def _score_partition(
-    mar_name: str, header: str, width: int, chunk_rows: int, columns: str, counted_rows, counted_errors
+    mar_name: str,
+    header: str,
+    width: int,
+    chunk_rows: int,
+    columns: str,
+    counted_rows,
+    counted_errors,
+    counted_unseen,
 ):
     def run(index: int, rows):
         model, response = _model(mar_name)
         if index == 0:
             yield header + "," + columns
         batch: list[tuple[str, int]] = []
+        unseen: dict[str, int] = {}
 
         def score(lines, first: int, depth: int) -> list[str]:
-            status, out = model.call_csv(header + "\n" + "\n".join(lines) + "\n", first)
+            status, out, counts = _answer(model, header + "\n" + "\n".join(lines) + "\n", first)
             if status != 200:
                 raise ValueError(json.loads(out)["message"])
             # Each record here is one physical line: a line with an unbalanced quote makes
             # the handler's csv reading join lines, and so answer fewer rows; splitting the
             # chunk then leaves that line alone with its error.
-            return response.result_lines(out, len(lines))
+            results = response.result_lines(out, len(lines))
+            # Counted only for an answer whose lines are kept (contained_results keeps every
+            # list returned and splits only on raising), so a split chunk counts each row once.
+            _add_counts(unseen, counts)
+            return results
 
         def flush():
             lines = [line for line, _ in batch]
             first = batch[0][1] + 1
             results = response.contained_results(score, lines, first, columns.count(",") - 1)
             block, failed = response.merge_rows(lines, results, width)
+            # Accumulators updated in a transformation count again if Spark runs the task again
+            # (a lost executor, speculation); the rows and errors have the same caveat.
             counted_rows.add(len(lines))
             counted_errors.add(failed)
+            if unseen:
+                counted_unseen.add(dict(unseen))
+                unseen.clear()
             return block.split("\n")[:-1]
 
         for line, row_index in rows:
@@ -125,19 +179,29 @@ def read_first_line(spark, path: str) -> str:
 
 
 def archive_schema(mar: Path) -> tuple[list[str], list[str]]:
+    """The archive's features, and the columns the job appends to every row."""
     with zipfile.ZipFile(mar) as z:
         schema = json.loads(z.read("schema.json"))
-    return schema["features"], schema["classes"]
+    return schema["features"], output_columns(schema)
+
+
+def output_columns(schema: dict[str, Any]) -> list[str]:
+    """handler.response.output_columns for a schema.json (this module runs without tabserve):
+    label, p_<class>..., error; for a regression model (no classes) prediction, error."""
+    classes = [] if schema.get("task") == "regression" else list(schema.get("classes") or [])
+    if not classes:
+        return ["prediction", "error"]
+    return ["label", *(f"p_{c}" for c in classes), "error"]
 
 
 def run(
     spark, mar: Path, input_path: str, output: str, partitions: int | None = None, chunk_rows: int = 5000
-) -> None:
+) -> SparkResult:
     """Score INPUT into the OUTPUT folder with the archive's handler on the executors."""
     import csv
 
     mar = Path(mar)
-    features, classes = archive_schema(mar)
+    features, out_columns = archive_schema(mar)
     header = read_first_line(spark, input_path)
     names = [n.strip() for n in next(csv.reader([header]))]
     missing = [f for f in features if f not in names]
@@ -145,7 +209,7 @@ def run(
         raise SparkJobError(
             f"CSV header lacks feature column(s) {', '.join(map(repr, missing))}; header was {header!r}"
         )
-    columns = ",".join(["label", *(f"p_{c}" for c in classes), "error"])
+    columns = ",".join(out_columns)
     sc = spark.sparkContext
     sc.addFile(str(mar))
     if partitions:
@@ -157,12 +221,12 @@ def run(
     lines = spark.read.text(input_path).rdd.map(lambda r: r[0].rstrip("\r"))
     data = lines.filter(lambda line: line.strip() != "" and line.lstrip("\ufeff") != header)
     indexed = data.zipWithIndex()  # global data-row numbers, as the other engines count them
-    rows, errors = sc.accumulator(0), sc.accumulator(0)
+    rows, errors, unseen = sc.accumulator(0), sc.accumulator(0), sc.accumulator({}, CountsParam())
     out = indexed.mapPartitionsWithIndex(
-        _score_partition(mar.name, header, len(names), chunk_rows, columns, rows, errors)
+        _score_partition(mar.name, header, len(names), chunk_rows, columns, rows, errors, unseen)
     )
     out.saveAsTextFile(output)
-    return rows.value, errors.value
+    return SparkResult(rows.value, errors.value, dict(unseen.value))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         builder = builder.master(args.master)
     spark = builder.getOrCreate()
     try:
-        rows, errors = run(
+        rows, errors, unseen = run(
             spark, Path(args.archive), args.input, args.output, args.partitions, args.chunk_rows
         )
     except SparkJobError as exc:
@@ -189,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         spark.stop()
-    print(f"scored {rows:,} rows: {rows - errors:,} ok, {errors:,} errors; wrote {args.output}")
+    counts = ", ".join(f"{name} {n:,}" for name, n in sorted(unseen.items()))
+    unseen_text = f"; unseen categories: {counts}" if counts else ""
+    print(f"scored {rows:,} rows: {rows - errors:,} ok, {errors:,} errors{unseen_text}; wrote {args.output}")
     return 0 if errors == 0 else 2
 
 

@@ -31,8 +31,8 @@ FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 MALFORMED = [
     ("bad-1,1.0,2.0", "expected 6 fields, got 3"),
     ("bad-2,0.2,5.1,abc,1.4,bad", "feature 'sepal_width_cm' is not a number: 'abc'"),
-    ("bad-3,,5.1,3.5,1.4,empty", "feature 'petal_width_cm' is empty"),
-    ("bad-4,nan,5,3,1,nan", "feature 'petal_width_cm' is not finite: 'nan'"),
+    ("bad-3,1e999,5.1,3.5,1.4,overflow", "feature 'petal_width_cm' is not finite: '1e999'"),
+    ("bad-4,inf,5,3,1,inf", "feature 'petal_width_cm' is not finite: 'inf'"),
     ("bad-5,1,2,3,4,5,6,7", "expected 6 fields, got 8"),
 ]
 
