@@ -126,6 +126,9 @@ class Encoder:
         self._owner = [j for j, c in enumerate(self.columns) for _ in range(c.width)]
         self._lookup: list[dict[str, int]] = []
         self._folded: list[dict[str, int]] = []
+        # Categories that are numbers, by value: JSON 2, 2.0 and the CSV text "2" find the
+        # category trained as "2.0" (-1: two spellings of one number trained; exact text only).
+        self._numbers: list[dict[float, int]] = []
         for c in self.columns:
             exact = {v: k + 1 for k, v in enumerate(c.categories)}
             folded: dict[str, int] = {}
@@ -134,6 +137,12 @@ class Encoder:
                 folded[key] = -1 if key in folded else k  # -1: two categories fold alike
             self._lookup.append(exact)
             self._folded.append({k: v for k, v in folded.items() if v > 0})
+            numbers: dict[float, int] = {}
+            for v, k in exact.items():
+                x = _finite_number(v)
+                if x is not None:
+                    numbers[x] = -1 if x in numbers else k
+            self._numbers.append({x: k for x, k in numbers.items() if k > 0})
 
     @classmethod
     def numeric(cls, features: Iterable[str]) -> Encoder:
@@ -156,6 +165,9 @@ class Encoder:
         if slot is None:
             key = text.strip()
             slot = self._lookup[j].get(key) or self._folded[j].get(key.casefold(), 0)
+            if not slot and self._numbers[j]:
+                x = _finite_number(key)
+                slot = self._numbers[j].get(x, 0) if x is not None else 0
         return slot
 
     def missing_slot(self, j: int) -> int:
@@ -282,6 +294,14 @@ class Encoder:
         keep = idx >= 0
         values[rows[keep], o + idx[keep]] = 1.0
         return unseen
+
+
+def _finite_number(text: str) -> float | None:
+    try:
+        x = float(text)
+    except (ValueError, OverflowError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def field_problem(name: str, problem: str, field: str) -> str:

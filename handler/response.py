@@ -73,12 +73,13 @@ def to_csv(
 ) -> str:
     """label, p_<class>..., error per row; empty label and probabilities where a row failed.
     For regression: prediction, error."""
-    lines = [",".join(output_columns(classes))] if header else []
+    lines = [",".join(map(_quote, output_columns(classes)))] if header else []
     if len(probs) and not classes:
         for p, err in zip(probs[:, 0].tolist(), errors):
             lines.append(f"{p!r}," if err is None else f",{_quote(err)}")
     elif len(probs):
-        labels = [classes[k] for k in probs.argmax(axis=1).tolist()]
+        quoted = [_quote(c) for c in classes]  # class labels are any text but a line break
+        labels = [quoted[k] for k in probs.argmax(axis=1).tolist()]
         # repr() of the whole nested list formats every float in C, the same shortest
         # round-trip text as repr(float): one call instead of one per value.
         text = repr(probs.tolist())[2:-2].replace(", ", ",")

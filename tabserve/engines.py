@@ -11,6 +11,7 @@ cause it.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -265,7 +266,7 @@ def _columns(answer: str, header: str, where: str) -> list[str]:
     as a data row (an archive whose handler predates the header flag) answers a row for it:
     then the header names none of the model's features."""
     lines = answer.rstrip("\n").split("\n")
-    columns = lines[0].split(",")
+    columns = next(csv.reader([lines[0]]), [])  # class labels may hold commas and quotes
     classifier = len(columns) >= 2 and columns[0] == "label" and columns[-1] == "error"
     if not (classifier or columns == ["prediction", "error"]):
         raise ServerError(f"{where} is not a tabserve model: it answered {answer[:200]!r}")

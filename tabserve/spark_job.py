@@ -185,6 +185,12 @@ def archive_schema(mar: Path) -> tuple[list[str], list[str]]:
     return schema["features"], output_columns(schema)
 
 
+def _quote(field: str) -> str:
+    if any(c in field for c in ',"'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
 def output_columns(schema: dict[str, Any]) -> list[str]:
     """handler.response.output_columns for a schema.json (this module runs without tabserve):
     label, p_<class>..., error; for a regression model (no classes) prediction, error."""
@@ -209,7 +215,7 @@ def run(
         raise SparkJobError(
             f"CSV header lacks feature column(s) {', '.join(map(repr, missing))}; header was {header!r}"
         )
-    columns = ",".join(out_columns)
+    columns = ",".join(_quote(c) for c in out_columns)  # class labels are any text but a line break
     sc = spark.sparkContext
     sc.addFile(str(mar))
     if partitions:

@@ -314,6 +314,12 @@ def _target(
         classes = tuple(sorted(distinct, key=int))
     else:
         classes = tuple(sorted(distinct))
+    broken = [repr(c) for c in classes if "\n" in c or "\r" in c]
+    if broken:
+        problems.append(
+            f"class label(s) {_some(broken)} of {target!r} hold a line break, which no CSV answer "
+            "can carry in one line: change them in the file"
+        )
     index = {c: k for k, c in enumerate(classes)}
     y = np.asarray([index[v] for v in labels], dtype=np.int64)
     problems += class_size_problems(classes, y)
