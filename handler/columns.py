@@ -51,6 +51,9 @@ class Column:
     indicator: bool = False  # numeric: an extra input that is 1 where the value was missing
     categories: tuple[str, ...] = ()  # categorical: the categories with an input of their own
     missing_slot: bool = False  # categorical: a missing value has an input of its own
+    # categorical: categories seen in training, too rarely to have an input of their own (they
+    # are OTHER, but not "unseen")
+    rare: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -77,7 +80,7 @@ class Column:
         if self.role == NUMERIC:
             d.update(fill=self.fill, indicator=self.indicator)
         else:
-            d.update(categories=list(self.categories), missing_slot=self.missing_slot)
+            d.update(categories=list(self.categories), missing_slot=self.missing_slot, rare=list(self.rare))
         return d
 
     @classmethod
@@ -90,6 +93,7 @@ class Column:
             indicator=bool(d.get("indicator", False)),
             categories=tuple(str(c) for c in d.get("categories", ())),
             missing_slot=bool(d.get("missing_slot", False)),
+            rare=tuple(str(c) for c in d.get("rare", ())),
         )
 
 
@@ -129,7 +133,9 @@ class Encoder:
         # Categories that are numbers, by value: JSON 2, 2.0 and the CSV text "2" find the
         # category trained as "2.0" (-1: two spellings of one number trained; exact text only).
         self._numbers: list[dict[float, int]] = []
+        self._rare: list[frozenset[str]] = []
         for c in self.columns:
+            self._rare.append(frozenset(v.strip().casefold() for v in c.rare))
             exact = {v: k + 1 for k, v in enumerate(c.categories)}
             folded: dict[str, int] = {}
             for v, k in exact.items():
@@ -170,6 +176,18 @@ class Encoder:
                 slot = self._numbers[j].get(x, 0) if x is not None else 0
         return slot
 
+    def is_rare(self, j: int, text: str) -> bool:
+        """Whether a category that has no input of its own was seen in training (rarely)."""
+        return bool(self._rare[j]) and text.strip().casefold() in self._rare[j]
+
+    def json_missing(self, j: int, v: Any) -> bool:
+        """Whether a JSON value is a missing value of column j (see put_json)."""
+        if self.columns[j].role == NUMERIC and not self.impute:
+            return False
+        if isinstance(v, str):
+            return is_missing_text(v)
+        return v is None or (type(v) is float and math.isnan(v))
+
     def missing_slot(self, j: int) -> int:
         c = self.columns[j]
         return len(c.categories) + 1 if c.missing_slot else 0
@@ -195,10 +213,7 @@ class Encoder:
         c, o = self.columns[j], self.offsets[j]
         # Without imputation a numeric column reads as it always has: null, "NA" and NaN are
         # not numbers. (A categorical column's missing value is "missing" either way.)
-        strict = c.role == NUMERIC and not self.impute
-        if not strict and (
-            v is None or (type(v) is float and math.isnan(v)) or (isinstance(v, str) and is_missing_text(v))
-        ):
+        if self.json_missing(j, v):
             return self.put_missing(values, i, j), False
         if c.role == NUMERIC:
             if type(v) is float:
@@ -218,7 +233,7 @@ class Encoder:
             return "is not a category (text or a number)", False
         slot = self.category_slot(j, text)
         values[i, o + slot] = 1.0
-        return None, slot == 0
+        return None, slot == 0 and not self.is_rare(j, text)
 
     def put_fields(
         self,
@@ -228,11 +243,12 @@ class Encoder:
         fields: list[str],
         errors: list[str | None],
         first_row: int = 1,
-    ) -> list[int]:
+    ) -> tuple[list[int], list[int] | None]:
         """Column j of the rows `rows` (indices into values and errors) from their CSV
         fields, vectorised where every field is a plain value. A bad field sets its row's
-        error, when it has none yet ("row N: feature 'x' is not a number: 'abc'"). Returns
-        the rows whose category was never seen in training."""
+        error, when it has none yet ("row N: feature 'x' is not a number: 'abc'"). Returns the
+        rows whose category was never seen in training, and the rows whose value is missing
+        (None when none is: the common case costs nothing)."""
         c, o = self.columns[j], self.offsets[j]
         if c.role == NUMERIC:
             try:
@@ -249,16 +265,18 @@ class Encoder:
                 finite = np.isfinite(block)
                 if finite.all():
                     values[rows, o] = block
-                    return []
+                    return [], None
                 nan = np.isnan(block)
                 if self.impute and not (~finite & ~nan).any():
                     values[rows, o] = np.where(nan, c.fill if c.fill is not None else 0.0, block)
                     if c.indicator:
                         values[rows[nan], o + 1] = 1.0
-                    return []
+                    return [], rows[nan].tolist()
+            missing: list[int] = []
             for r, field in zip(rows.tolist(), fields):
                 if self.impute and is_missing_text(field):
                     problem = self.put_missing(values, r, j)
+                    missing.append(r)
                 else:
                     try:
                         x = float(field)
@@ -267,6 +285,7 @@ class Encoder:
                     else:
                         if math.isnan(x) and self.impute:
                             problem = self.put_missing(values, r, j)
+                            missing.append(r)
                         elif not math.isfinite(x):
                             problem = "is not finite"
                         else:
@@ -274,26 +293,28 @@ class Encoder:
                             problem = None
                 if problem is not None and errors[r] is None:
                     errors[r] = f"row {first_row + r}: {field_problem(c.name, problem, field)}"
-            return []
+            return [], missing or None
         exact = self._lookup[j]
         slots = [exact.get(f, -1) for f in fields]
         unseen: list[int] = []
+        missing = []
         for k, slot in enumerate(slots):
             if slot < 0:
                 field = fields[k]
                 if is_missing_text(field):
                     r = int(rows[k])
                     problem = self.put_missing(values, r, j)
+                    missing.append(r)
                     if problem is not None and errors[r] is None:
                         errors[r] = f"row {first_row + r}: {field_problem(c.name, problem, field)}"
                     continue
                 slots[k] = self.category_slot(j, field)
-                if slots[k] == 0:
+                if slots[k] == 0 and not self.is_rare(j, field):
                     unseen.append(int(rows[k]))
         idx = np.asarray(slots, dtype=np.int64)
         keep = idx >= 0
         values[rows[keep], o + idx[keep]] = 1.0
-        return unseen
+        return unseen, missing or None
 
 
 def _finite_number(text: str) -> float | None:

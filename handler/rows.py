@@ -256,10 +256,8 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
                     errors[i] = f"row {first_row + i}: missing feature {', '.join(map(repr, missing))}"
                     continue
             elif not any(f in row for f in features):
-                errors[i] = (
-                    f"row {first_row + i}: the object has none of the model's columns "
-                    f"({preview(', '.join(features))})"
-                )
+                names = _names(features)
+                errors[i] = f"row {first_row + i}: the object has none of the model's columns ({names})"
                 continue
             items = [row.get(f, absent) for f in features]
         else:
@@ -269,6 +267,9 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
             )
             continue
         new = []
+        if enc.impute and all(v is absent or enc.json_missing(j, v) for j, v in enumerate(items)):
+            errors[i] = f"row {first_row + i}: {ALL_MISSING}"
+            continue
         for j, v in enumerate(items):
             if v is absent:
                 problem, is_new = enc.put_missing(values, i, j), False
@@ -286,6 +287,14 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
         for j in new:
             unseen[j] += 1
     return Rows(values, errors, _unseen(features, unseen))
+
+
+ALL_MISSING = "every value is missing: nothing to predict from"
+
+
+def _names(features: Sequence[str], shown: int = 5) -> str:
+    more = f", ... ({len(features)} in all)" if len(features) > shown else ""
+    return ", ".join(features[:shown]) + more
 
 
 def _unseen(features: Sequence[str], counts: Sequence[int]) -> dict[str, int]:
@@ -529,11 +538,18 @@ def from_records(
         return Rows(values, errors)
     rows = np.asarray(good, dtype=np.int64)
     unseen: list[list[int]] = [[] for _ in features]
+    missing: list[list[int] | None] = [None] * len(features)
     # Columns of the good records, transposed in C when every record is good (the common case).
     columns = list(zip(*records)) if len(good) == n else None
     for j, k in enumerate(index):
         fields = list(columns[k]) if columns is not None else [records[i][k] for i in good]
-        unseen[j] = enc.put_fields(values, rows, j, fields, errors, first_row)
+        unseen[j], missing[j] = enc.put_fields(values, rows, j, fields, errors, first_row)
+    if enc.impute and all(m is not None for m in missing):
+        # A row whose every value is missing, as in from_json.
+        empty = set(missing[0]).intersection(*missing[1:])
+        for r in sorted(empty):
+            if errors[r] is None:
+                errors[r] = f"row {first_row + r}: {ALL_MISSING}"
     # Unseen categories are counted in rows that are predicted, as from_json counts them.
     counts = [sum(errors[r] is None for r in found) for found in unseen]
     failed = [i for i in good if errors[i] is not None]

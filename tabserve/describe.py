@@ -12,6 +12,13 @@ from .handler.schema import REGRESSION, Schema
 SHOWN_CATEGORIES = 8
 
 
+def _show(category: str) -> str:
+    """A category as it reads in one line of the table (quoted when it holds a comma, a quote
+    or a line break)."""
+    odd = any(ch in category for ch in ",\"'\n\r") or category != category.strip()
+    return repr(category) if odd else category
+
+
 def load(path: Path) -> Schema:
     if path.is_dir():
         return Schema.load(path)
@@ -38,7 +45,7 @@ def describe(path: Path) -> str:
         lines.append(
             "missing: "
             + (
-                "filled (numbers: the training median; categories: their own input or OTHER)"
+                f"filled (numbers: the training median; categories: their own input or {OTHER})"
                 if schema.missing == "impute"
                 else "a row error (--missing error)"
             )
@@ -57,7 +64,7 @@ def describe(path: Path) -> str:
                     " + missing indicator" if c.indicator else ""
                 )
         else:
-            cats = ", ".join(c.categories[:SHOWN_CATEGORIES])
+            cats = ", ".join(map(_show, c.categories[:SHOWN_CATEGORIES]))
             more = (
                 f" and {len(c.categories) - SHOWN_CATEGORIES} more"
                 if len(c.categories) > SHOWN_CATEGORIES

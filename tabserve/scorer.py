@@ -588,7 +588,10 @@ def score_on_spark(config: ScoreConfig) -> ScoreResult:
     # The executors' Python workers run this interpreter (the one with torch), unless the
     # cluster says otherwise (PYSPARK_PYTHON).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = SparkSession.builder.master(config.master).appName("tabserve-score").getOrCreate()
+    # Spark's console progress bar only on a terminal (piped, it runs into the summary line).
+    progress = "true" if sys.stderr.isatty() else "false"
+    builder = SparkSession.builder.master(config.master).appName("tabserve-score")
+    spark = builder.config("spark.ui.showConsoleProgress", progress).getOrCreate()
     try:
         job = spark_job.run(spark, mar, config.input, config.output, config.partitions, config.chunk_rows)
     except spark_job.SparkJobError as exc:

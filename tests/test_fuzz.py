@@ -306,7 +306,7 @@ def prices(tmp_path_factory: pytest.TempPathFactory) -> Served:
     assert table.task == "regression" and table.roles == ("numeric", "categorical", "categorical", "numeric")
     export(table, TINY, fit(table, TINY), out)
     json_rows = [{"size": 3.5, "kind": "b", "grade": "2.5", "age": 12}, {"size": None, "kind": "zz"}]
-    csv_body = "age,grade,kind,size\n3,1,a,7.25\nNA,,,\n"
+    csv_body = "age,grade,kind,size\n3,1,a,7.25\nNA,,,4\n"
     return _serve(
         out,
         [

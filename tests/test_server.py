@@ -96,24 +96,27 @@ def test_unreadable_body_gets_400_with_a_clear_message_and_the_server_keeps_serv
 
 
 def test_bad_rows_get_their_error_in_their_slot_and_good_rows_are_predicted(client):
-    rows = [IRIS_ROWS[0], [1, 2, 3], {"sepal_length_cm": 5}, [1, "x", 3, 4], IRIS_ROWS[1]]
+    rows = [IRIS_ROWS[0], [1, 2, 3], {"sepal_length_cm": 5}, [1, "x", 3, 4], IRIS_ROWS[1], {"petal": 1}]
     r = client.post(rows, "application/json")
     assert r.status_code == 200
     preds = r.json()["predictions"]
     assert [p.get("error") for p in preds] == [
         None,
         "row 2: expected 4 features, got 3",
-        "row 3: missing feature 'sepal_width_cm', 'petal_length_cm', 'petal_width_cm'",
+        None,  # the keys left out are missing values: filled with the training medians
         "row 4: feature 'sepal_width_cm' is not a number: \"x\"",
         None,
+        "row 6: the object has none of the model's columns (sepal_length_cm, sepal_width_cm, "
+        "petal_length_cm, petal_width_cm)",
     ]
-    assert preds[0]["label"] == "setosa" and "label" in preds[4]
-    csv_body = "5.1,3.5,1.4,0.2\n1,2,nan,4\n1,,3,4\n"
+    assert preds[0]["label"] == "setosa" and "label" in preds[2] and "label" in preds[4]
+    csv_body = "5.1,3.5,1.4,0.2\n1,2,inf,4\n1,abc,3,4\n1,,NaN,4\n"
     errors = [p.get("error") for p in client.post(csv_body, "text/csv").json()["predictions"]]
     assert errors == [
         None,
-        "row 2: feature 'petal_length_cm' is not finite: 'nan'",
-        "row 3: feature 'sepal_width_cm' is empty",
+        "row 2: feature 'petal_length_cm' is not finite: 'inf'",
+        "row 3: feature 'sepal_width_cm' is not a number: 'abc'",
+        None,  # empty and NaN are missing values
     ]
 
 

@@ -341,3 +341,65 @@ def test_old_numeric_encoder_keeps_the_strict_contract():
     rows = from_json([[1, None], {"a": 1}], enc)
     assert rows.errors == ["row 1: feature 'b' is not a number: null", "row 2: missing feature 'b'"]
     assert Column("a").width == 1
+
+
+def test_a_row_with_every_value_missing_is_its_row_error_in_every_form(penguins: Path):
+    enc = Predictor(penguins).encoder
+    header = ",".join(enc.features)
+    rows = from_csv(header + "\n,,,,,,\nNA,NA,,null,,,NaN\nDream,,,,,,\n", enc)
+    message = "every value is missing: nothing to predict from"
+    assert rows.errors == [f"row 1: {message}", f"row 2: {message}", None]
+    rows = from_json([[None] * 7, {"island": None, "sex": "NA"}, {"island": "Dream"}], enc)
+    assert rows.errors == [f"row 1: {message}", f"row 2: {message}", None]
+
+
+def test_rare_training_categories_are_other_but_not_counted_as_unseen(tmp_path: Path):
+    rows = [["colour", "x", "y"]]
+    for i in range(200):
+        colour = "teal" if i in (3, 40) else ["red", "green", "blue"][i % 3]
+        rows.append([colour, f"{(i * 7) % 13 / 3:.3f}", "yes" if i % 2 else "no"])
+    table = table_from_rows(rows, "y", source="t", name="t")
+    export(table, FAST, fit(table, FAST), tmp_path / "out")
+    enc = Predictor(tmp_path / "out").encoder
+    assert enc.columns[0].categories == ("blue", "green", "red") and enc.columns[0].rare == ("teal",)
+    decoded = from_csv("colour,x\nteal,1\nmauve,1\nTEAL,2\n", enc)
+    assert decoded.errors == [None, None, None] and decoded.unseen == {"colour": 1}
+    assert decoded.values[:, enc.offsets[0]].tolist() == [1.0, 1.0, 1.0]  # all three are OTHER
+    assert from_json([{"colour": "teal", "x": 1}, {"colour": "mauve", "x": 1}], enc).unseen == {"colour": 1}
+
+
+def test_a_row_number_is_found_even_when_bad_lines_are_left_out():
+    rows = [["rowid", "x", "y"]] + [[str(i), str(i % 7), "ab"[i % 2]] for i in range(1, 60)]
+    rows[10] = rows[10] + ["extra"]  # a line with one field too many
+    with pytest.raises(DataError) as info:
+        table_from_rows(rows, "y", source="t.csv", name="t")
+    assert "line 11 has 4" in str(info.value)
+    assert "column 'rowid' looks like a row number" in str(info.value)
+
+
+def test_a_numeric_target_with_a_typo_is_named_not_read_as_classes():
+    rows = [["x", "y"]] + [[str(i % 5), f"{i * 1.5:.1f}"] for i in range(60)]
+    rows[6][1] = "2x"
+    with pytest.raises(DataError) as info:
+        table_from_rows(rows, "y", source="t.csv", name="t")
+    message = str(info.value)
+    assert "target 'y' holds numbers but 1 value(s) are not (line 7: '2x')" in message
+    assert "fewer than 5 rows" not in message  # not read as classes
+    with pytest.raises(DataError, match="regression target 'y' is not a finite number in 1 row"):
+        table_from_rows(rows, "y", source="t.csv", name="t", task="regression")
+
+
+def test_duplicate_column_names_are_named_with_their_positions():
+    rows = [["a", "b", "a", "y"]] + [["1", "2", "3", "ab"[i % 2]] for i in range(20)]
+    with pytest.raises(DataError, match=r"column name 'a' is in the header more than once \(columns 1, 3\)"):
+        table_from_rows(rows, "y", source="t.csv", name="t")
+
+
+def test_an_identifier_with_many_values_names_both_flags_that_keep_it():
+    rows = [["name", "x", "y"]] + [[f"n{i}", str(i % 7), "ab"[i % 2]] for i in range(80)]
+    with pytest.raises(
+        DataError, match=r"--drop name \(or --keep name --max-categories 80 to use it anyway\)"
+    ):
+        table_from_rows(rows, "y", source="t.csv", name="t")
+    table = table_from_rows(rows, "y", source="t.csv", name="t", keep=["name"], max_categories=80)
+    assert table.roles == ("categorical", "numeric")

@@ -47,7 +47,10 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_penguins(root / "penguins")
     write_price(root / "price")
     write_old_format(root / "oldiris")
-    for name in ("penguins", "price", "oldiris"):
+    # The real penguins file, trained by the CLI as a user would (few epochs: speed, not skill).
+    assert main(["train", "--csv", str(PENGUINS_CSV), "--target", "species", "--epochs", "15",
+                 "--name", "rawpenguins", "--out", str(root / "rawpenguins")]) == 0  # fmt: skip
+    for name in ("penguins", "price", "oldiris", "rawpenguins"):
         archive(ArchiveConfig(artifacts=root / name, model_store=root / "store", workers=1))
     return root
 
@@ -57,6 +60,9 @@ def tables_server(tables: Path, tmp_path_factory: pytest.TempPathFactory):
     ts = start_server(tables / "store", tmp_path_factory.mktemp("tables_run"))
     yield ts
     ts.stop()
+
+
+PENGUINS_CSV = Path(__file__).resolve().parent.parent / "examples" / "penguins.csv"
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -107,7 +113,7 @@ def penguin_table() -> Table:
             t.rows[i] = row(i, like=0, **{column: spelling})
         t.same.append(group)
         start += len(MISSING_SPELLINGS)
-    t.rows[26] = row(26, island="", bill="NA", sex="null", flipper="NaN")  # every column missing
+    t.rows[26] = row(26, island="", bill="NA", sex="null", flipper="NaN")  # every column missing: an error
     # A flipper missing is its training median (no indicator): the same as giving 200.
     t.rows[27] = row(27, like=0, flipper="200")
     t.same.append([14, 15, 16, 17, 27])
@@ -126,6 +132,7 @@ def penguin_table() -> Table:
         100: "row 100: feature 'bill_length' is not finite: 'inf'",
         150: "row 150: expected 6 fields, got 3",
         222: "row 222: feature 'bill_length' is not finite: '-inf'",
+        26: "row 26: every value is missing: nothing to predict from",
     }
     return t
 
@@ -261,6 +268,21 @@ def test_every_engine_writes_the_same_bytes_for_a_real_table(task, tmp_path, tab
         assert summary.endswith(f"wrote {tmp_path / f'{engine}.out'}"), summary
 
 
+def test_the_raw_penguins_file_scores_with_exit_0_and_the_same_bytes_in_every_engine(
+    tmp_path, tables, tables_server, capsys
+):
+    """The issue's "done when": trained on the raw file, the archive scores the raw file, with
+    its missing values, in all three engines, every row predicted."""
+    outputs = score_everywhere(tmp_path, PENGUINS_CSV, "rawpenguins", tables, tables_server, capsys)
+    (data, summary), *others = outputs.values()
+    assert all(o == data for o, _ in others)
+    assert all("scored 344 rows: 344 ok, 0 errors" in s for _, s in outputs.values()), outputs
+    rows = read_csv(data.decode())
+    assert len(rows) == 345 and rows[0][-5:] == ["label", "p_Adelie", "p_Chinstrap", "p_Gentoo", "error"]
+    missing = [r for r in rows[1:] if "" in r[:8]]
+    assert len(missing) == 11 and all(r[8] and not r[-1] for r in missing)  # predicted, no error
+
+
 def test_regression_online_answers_a_prediction_per_row_in_json_and_csv(tables, tables_server):
     rows = [
         {"size": 3.2, "colour": "red", "age": 4},
@@ -383,8 +405,8 @@ def test_a_chunk_split_after_a_failure_counts_each_unseen_category_once_on_spark
     summary = capsys.readouterr().out
     result = read_csv(spark_bytes(out).decode("utf-8"))
     assert len(result) == 49 and result[5][0] == rows[5] and result[5][-1].startswith("row 5: ")
-    assert [i for i, r in enumerate(result[1:], start=1) if r[-1]] == [5, 40]
-    assert "scored 48 rows: 46 ok, 2 errors; unseen categories: island 3; " in summary, summary
+    assert [i for i, r in enumerate(result[1:], start=1) if r[-1]] == [5, 26, 40]  # 26: every value missing
+    assert "scored 48 rows: 45 ok, 3 errors; unseen categories: island 3; " in summary, summary
 
 
 def test_local_engine_scores_an_archive_whose_handler_reports_no_unseen_categories(tables):
@@ -486,10 +508,10 @@ def test_a_resumed_job_reports_the_unseen_categories_of_the_whole_file(tmp_path,
     expected = out.read_bytes()
     out.unlink()
 
-    # --max-errors 2 stops once rows 40 and 100 are written: after the chunk of rows 65-128,
-    # which holds rows 70 (island) and 71 (sex); the next chunk may be scored already.
-    with pytest.raises(JobFailed, match="--max-errors 2"):
-        score(ScoreConfig(str(inp), str(out), concurrency=1, max_errors=2, **common))
+    # --max-errors 3 stops once rows 26, 40 and 100 are written: after the chunk of rows
+    # 65-128, which holds rows 70 (island) and 71 (sex); the next chunk may be scored already.
+    with pytest.raises(JobFailed, match="--max-errors 3"):
+        score(ScoreConfig(str(inp), str(out), concurrency=1, max_errors=3, **common))
     saved = Checkpoint.load(str(out))
     assert saved is not None and saved.rows == 2 * CHUNK and saved.unseen == {"island": 1, "sex": 1}
     resumed = score(ScoreConfig(str(inp), str(out), concurrency=1, resume=True, **common))

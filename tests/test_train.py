@@ -97,8 +97,12 @@ def test_csv_training_with_string_labels_and_custom_hidden_layers(tmp_path: Path
     ("text", "target", "message"),
     [
         ("a,b,y\n1,2,x\n", "label", "target column 'label' not found; columns are a, b, y"),
-        ("a,y\n" + "1,p\n" * 10 + "2,q\n" * 3, "y", "class(es) 'q' (3) have fewer than 5 rows"),
-        ("a,y\n" + "1,p\n" * 10, "y", "need at least 2 classes, found 1"),
+        ("a,y\n" + "1,p\n" * 10 + "2,q\n" * 3, "y", "class(es) with fewer than 5 rows ('q' has 3)"),
+        (
+            "a,y\n" + "1,p\n" * 10,
+            "y",
+            "need at least 2 classes, found 1 ('p' in every row): 'y' has nothing to tell apart",
+        ),
         ("a,b,y\n1,2\n", "y", "1 line(s) do not have the header's 3 fields: line 2 has 2"),
         ("a,b,y\n" + "1,,p\n2,,q\n" * 5, "y", "column 'b' is empty in every row: --drop b"),
     ],

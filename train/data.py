@@ -173,9 +173,10 @@ def table_from_rows(
         raise DataError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
     if max_categories < 2:
         raise DataError(f"--max-categories must be at least 2, got {max_categories}")
-    dupes = sorted(n for n, c in Counter(header).items() if c > 1)
-    if dupes:
-        problems.append(f"duplicate column name(s) {', '.join(map(repr, dupes))} in the header")
+    dupes = sorted(n for n, c in Counter(header).items() if c > 1 and n)
+    for n in dupes:
+        where = ", ".join(str(k + 1) for k, h in enumerate(header) if h == n)
+        problems.append(f"column name {n!r} is in the header more than once (columns {where}): rename them")
     if any(not h for h in header):
         problems.append(f"the header has an empty column name (column {header.index('') + 1})")
     if target not in header:
@@ -229,18 +230,18 @@ def table_from_rows(
         if problem:
             problems.append(problem)
             continue
-        n_missing = sum(is_missing_text(v) for v in values)
-        if n_missing and missing == "error":
+        gaps = [f"line {ln}" for (ln, _), v in zip(labelled, values) if is_missing_text(v)]
+        if gaps and missing == "error":
             problems.append(
-                f"column {col!r} has {n_missing} missing value(s) and --missing error makes them "
-                f"errors: fill them, or train without --missing error (they are then imputed)"
+                f"column {col!r} has {len(gaps)} missing value(s) ({_some(gaps)}) and --missing error "
+                "makes them errors: fill them, or train without --missing error (they are then imputed)"
             )
         features.append(col)
         roles.append(role)
     if not features and not problems:
         problems.append(f"no feature columns beside {target!r}")
     if problems:
-        raise DataError(_report(source, problems))
+        raise DataError(_report(source, problems) + "".join(f"\n  ({n})" for n in notes))
     index = [header.index(f) for f in features]
     return Table(
         name=name,
@@ -282,7 +283,18 @@ def _target(
     numeric = all(x is not None and math.isfinite(x) for x in numbers)
     distinct = set(labels)
     integer = numeric and all(float(x).is_integer() for x in numbers)
+    problems: list[str] = []
     if task is None:
+        text = [f"line {ln}: {v!r}" for ln, v, x in zip(lines, labels, numbers) if x is None]
+        distinct_numbers = {x for x in numbers if x is not None}
+        few = len(text) <= NUMERIC_TYPO_SHARE * len(labels)
+        if text and few and len(distinct_numbers) > MAX_INTEGER_CLASSES:
+            problems.append(
+                f"target {target!r} holds numbers but {len(text)} value(s) are not ({_some(text)}): fix "
+                "them (or empty them to leave those rows out), or choose with --task classification "
+                "or --task regression"
+            )
+            return REGRESSION, (), np.zeros(0), problems, f"task: not chosen ({target!r} is mostly numbers)"
         if not numeric:
             task, why = CLASSIFICATION, "it holds text"
         elif integer and len({float(x) for x in numbers}) <= MAX_INTEGER_CLASSES:
@@ -292,7 +304,6 @@ def _target(
         note = f"task: {task} ({target!r}: {why}; --task to choose)"
     else:
         note = f"task: {task} (--task)"
-    problems: list[str] = []
     if task == REGRESSION:
         if not numeric:
             bad = [
@@ -301,7 +312,8 @@ def _target(
                 if x is None or not math.isfinite(x)
             ]
             problems.append(
-                f"regression target {target!r} is not a finite number in {len(bad)} row(s): " + _some(bad)
+                f"regression target {target!r} is not a finite number in {len(bad)} row(s) ({_some(bad)}): "
+                "fix them, or empty them to leave those rows out"
             )
             return task, (), np.zeros(0), problems, note
         y = np.asarray(numbers, dtype=np.float64)
@@ -322,18 +334,19 @@ def _target(
         )
     index = {c: k for k, c in enumerate(classes)}
     y = np.asarray([index[v] for v in labels], dtype=np.int64)
-    problems += class_size_problems(classes, y)
+    problems += class_size_problems(classes, y, target)
     return task, classes, y, problems, note
 
 
-def class_size_problems(classes: Sequence[str], y: np.ndarray) -> list[str]:
+def class_size_problems(classes: Sequence[str], y: np.ndarray, target: str = "target") -> list[str]:
     if len(classes) < 2:
-        return [f"need at least 2 classes, found {len(classes)}"]
+        only = f" ({classes[0]!r} in every row)" if classes else ""
+        return [f"need at least 2 classes, found {len(classes)}{only}: {target!r} has nothing to tell apart"]
     counts = np.bincount(y, minlength=len(classes))
-    small = [f"{c!r} ({n})" for c, n in zip(classes, counts) if n < MIN_ROWS_PER_CLASS]
+    small = [f"{c!r} has {n}" for c, n in zip(classes, counts) if n < MIN_ROWS_PER_CLASS]
     if small:
         return [
-            f"class(es) {_some(small)} have fewer than {MIN_ROWS_PER_CLASS} rows; a stratified "
+            f"class(es) with fewer than {MIN_ROWS_PER_CLASS} rows ({_some(small)}): a stratified "
             f"split needs at least {MIN_ROWS_PER_CLASS} per class (drop those rows, or use "
             "--task regression for a numeric target)"
         ]
@@ -358,11 +371,13 @@ def _role(
                     f"fix them or --drop {col}"
                 )
             xs = [x for _, _, x in numbers]
+            rows_lines = [ln for ln, _, _ in numbers]
             if (
                 not keep
                 and len(xs) >= ID_MIN_ROWS
                 and all(x.is_integer() for x in xs)
-                and all(b - a == 1 for a, b in zip(xs, xs[1:]))
+                # one up per line of the file, whatever lines were left out (bad, no target)
+                and len({x - ln for x, ln in zip(xs, rows_lines)}) == 1
             ):
                 return NUMERIC, (
                     f"column {col!r} looks like a row number ({xs[0]:g}, {xs[1]:g}, ... one up "
@@ -377,11 +392,12 @@ def _role(
             )
     distinct = len({v for _, v in present})
     if not keep and distinct >= ID_MIN_ROWS and distinct >= ID_DISTINCT_SHARE * len(present):
+        anyway = f"--keep {col}" + (f" --max-categories {distinct}" if distinct > max_categories else "")
         return CATEGORICAL, (
             f"column {col!r} looks like an identifier ({distinct} distinct values in "
-            f"{len(present)} rows): --drop {col} (or --keep {col} to use it anyway)"
+            f"{len(present)} rows): --drop {col} (or {anyway} to use it anyway)"
         )
-    if distinct > max_categories and not (keep and distinct < ID_MIN_ROWS):
+    if distinct > max_categories:
         return CATEGORICAL, (
             f"column {col!r} has {distinct} distinct values, more than --max-categories "
             f"{max_categories}: --drop {col}, or --max-categories {distinct} to keep them all"
@@ -403,7 +419,8 @@ def learn_columns(table: Table, rows: np.ndarray) -> tuple[Column, ...]:
         else:
             counts = Counter(present)
             cats = tuple(sorted(c for c, n in counts.items() if n >= MIN_CATEGORY_ROWS))
-            columns.append(Column(name, CATEGORICAL, categories=cats, missing_slot=any(missing)))
+            rare = tuple(sorted(c for c, n in counts.items() if n < MIN_CATEGORY_ROWS))
+            columns.append(Column(name, CATEGORICAL, categories=cats, missing_slot=any(missing), rare=rare))
     return tuple(columns)
 
 
