@@ -553,7 +553,19 @@ def local_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("tabserve-local-*"))
 
 
-def test_the_local_engine_removes_its_temporary_folders(tmp_path, model_store):
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch) -> Path:
+    """A temporary folder of this test's own (TMPDIR, for this process and its workers), so
+    that another tabserve job on the machine cannot add folders to what local_dirs() sees."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert Path(tempfile.gettempdir()) == folder
+    return folder
+
+
+def test_the_local_engine_removes_its_temporary_folders(tmp_path, model_store, private_tmp):
     inp = tmp_path / "in.csv"
     write_input(inp, around([], 50))
     before = local_dirs()
@@ -562,7 +574,7 @@ def test_the_local_engine_removes_its_temporary_folders(tmp_path, model_store):
     assert local_dirs() - before == set()
 
 
-def test_a_killed_local_worker_is_replaced_and_its_folder_removed(model_store):
+def test_a_killed_local_worker_is_replaced_and_its_folder_removed(model_store, private_tmp):
     before = local_dirs()
     engine = LocalPoolEngine(model_store / "iris.mar", 1)
     try:
