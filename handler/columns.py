@@ -41,6 +41,19 @@ def is_missing_text(field: str) -> bool:
     return field in MISSING_TOKENS or field.strip() in MISSING_TOKENS
 
 
+def parse_number(text: str, nan: bool = False) -> float | None:
+    """A CSV field as a number, or None: float()'s syntax, but ASCII only and without digit
+    separators ("1_000" and "\u0661\u0662" are text, not 1000 and 12), and NaN only with
+    `nan=True` (otherwise NaN is a missing value, spelt as one of MISSING_TOKENS)."""
+    if "_" in text or not text.isascii():
+        return None
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if nan or x == x else None
+
+
 @dataclass(frozen=True)
 class Column:
     """One input column: its role and what training learnt about it."""
@@ -251,11 +264,13 @@ class Encoder:
         (None when none is: the common case costs nothing)."""
         c, o = self.columns[j], self.offsets[j]
         if c.role == NUMERIC:
+            joined = "".join(fields)
+            plain = joined.isascii() and "_" not in joined  # else parse_number decides, below
             try:
-                block = np.array(fields, dtype=np.float64)
+                block = np.array(fields, dtype=np.float64) if plain else None
             except (ValueError, OverflowError):
                 block = None
-                if self.impute:  # most often a missing spelling: read those as NaN, once more
+                if self.impute and plain:  # most often a missing spelling: read those as NaN, once more
                     try:
                         tokens = MISSING_TOKENS
                         block = np.array([_NAN if f in tokens else f for f in fields], dtype=np.float64)
@@ -267,7 +282,9 @@ class Encoder:
                     values[rows, o] = block
                     return [], None
                 nan = np.isnan(block)
-                if self.impute and not (~finite & ~nan).any():
+                # NaN only where the field is a missing spelling ("NAN" is not one).
+                spelt = all(is_missing_text(fields[k]) for k in np.flatnonzero(nan).tolist())
+                if self.impute and spelt and not (~finite & ~nan).any():
                     values[rows, o] = np.where(nan, c.fill if c.fill is not None else 0.0, block)
                     if c.indicator:
                         values[rows[nan], o + 1] = 1.0
@@ -278,19 +295,15 @@ class Encoder:
                     problem = self.put_missing(values, r, j)
                     missing.append(r)
                 else:
-                    try:
-                        x = float(field)
-                    except (ValueError, OverflowError):
+                    # Without imputation NaN reads as always: a number that is not finite.
+                    x = parse_number(field, nan=not self.impute)
+                    if x is None:
                         problem = "is not a number"
+                    elif not math.isfinite(x):
+                        problem = "is not finite"
                     else:
-                        if math.isnan(x) and self.impute:
-                            problem = self.put_missing(values, r, j)
-                            missing.append(r)
-                        elif not math.isfinite(x):
-                            problem = "is not finite"
-                        else:
-                            values[r, o] = x
-                            problem = None
+                        values[r, o] = x
+                        problem = None
                 if problem is not None and errors[r] is None:
                     errors[r] = f"row {first_row + r}: {field_problem(c.name, problem, field)}"
             return [], missing or None

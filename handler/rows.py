@@ -358,6 +358,7 @@ def from_csv(
                 f"CSV header lacks feature column(s) {', '.join(map(repr, missing))}; "
                 f"header was {_cut(','.join(records[0]))!r}"
             )
+        check_header_names(names, features)
         index = [names.index(f) for f in features]
         width = len(names)
         # A header and no rows is a valid request for zero predictions (the batch scorer
@@ -367,12 +368,23 @@ def from_csv(
         index = list(range(len(features)))
         width = len(features)
     _check_rows(len(records), limits)
+    if any(p is not None for p in problems):
+        # A record that cannot be read is not encoded (nor its categories counted).
+        records = [[] if p is not None else r for r, p in zip(records, problems)]
     rows = from_records(records, enc, index, width, first_row)
     for i, problem in enumerate(problems):
         if problem is not None:
             rows.errors[i] = f"row {first_row + i}: {problem}"
             rows.values[i] = 0.0
     return rows
+
+
+def check_header_names(names: Sequence[str], features: Sequence[str]) -> None:
+    """BadRequest when a feature's column is in the header more than once: which one holds
+    the feature would be a guess."""
+    twice = [f for f in features if names.count(f) > 1]
+    if twice:
+        raise BadRequest(f"CSV header has feature column(s) {', '.join(map(repr, twice))} more than once")
 
 
 def parse_records(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[list[list[str]], list[str | None]]:
@@ -414,8 +426,10 @@ def parse_records(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[list[list
 
 
 def _field_problem(record: list[str], limits: Limits) -> str | None:
-    if any(len(f) > limits.max_field_bytes for f in record):
-        return f"a field is longer than {limits.max_field_bytes:,} bytes"
+    """A field over the limit in UTF-8 bytes (counted only where characters could reach it)."""
+    limit = limits.max_field_bytes
+    if any(len(f) * 4 > limit and len(f.encode("utf-8", "surrogatepass")) > limit for f in record):
+        return f"a field is longer than {limit:,} bytes"
     return None
 
 
@@ -480,7 +494,7 @@ def _from_plain_csv(
         header = _is_header(first, features)
     if header:
         names = [f.strip() for f in first]
-        if any(f not in names for f in features):
+        if any(f not in names for f in features) or len(set(names)) < len(names):
             return None
         index = [names.index(f) for f in features]
         lines = lines[1:]

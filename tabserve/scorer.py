@@ -338,6 +338,9 @@ def _run(
             stack.callback(stop)
     columns = engine.probe(header)
     n_classes = len(columns) - 2
+    clash = output_clash(parse_header(header), columns)
+    if clash:
+        raise ConfigError(clash)
 
     next_index, next_row, rows, errors, blanks = 0, 1, 0, 0, 0
     unseen: dict[str, int] = {}
@@ -447,6 +450,18 @@ def _run(
         pass
     resumed = checkpoint.rows if checkpoint else 0
     return ScoreResult(rows, errors, blanks, time.monotonic() - t0, config.output, resumed, unseen)
+
+
+def output_clash(names: Sequence[str], columns: Sequence[str]) -> str | None:
+    """The message when the input already has a column the output adds (label, p_<class>,
+    prediction, error): the output would hold two columns of one name."""
+    clash = [c for c in columns if c in {n.strip() for n in names}]
+    if not clash:
+        return None
+    return (
+        f"the input already has column(s) {', '.join(map(repr, clash))}, which the output adds: "
+        "rename or remove them in the input"
+    )
 
 
 def score_chunk(engine: Engine, header: str, chunk: Chunk, n_classes: int, max_record_bytes: int) -> Results:

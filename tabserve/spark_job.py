@@ -215,6 +215,15 @@ def run(
         raise SparkJobError(
             f"CSV header lacks feature column(s) {', '.join(map(repr, missing))}; header was {header!r}"
         )
+    clash = [c for c in out_columns if c in names]
+    if clash:  # as tabserve.scorer.output_clash (this module runs without tabserve)
+        raise SparkJobError(
+            f"the input already has column(s) {', '.join(map(repr, clash))}, which the output adds: "
+            "rename or remove them in the input"
+        )
+    twice = [f for f in features if names.count(f) > 1]
+    if twice:  # as handler.rows.check_header_names
+        raise SparkJobError(f"CSV header has feature column(s) {', '.join(map(repr, twice))} more than once")
     columns = ",".join(_quote(c) for c in out_columns)  # class labels are any text but a line break
     sc = spark.sparkContext
     sc.addFile(str(mar))

@@ -403,3 +403,57 @@ def test_an_identifier_with_many_values_names_both_flags_that_keep_it():
         table_from_rows(rows, "y", source="t.csv", name="t")
     table = table_from_rows(rows, "y", source="t.csv", name="t", keep=["name"], max_categories=80)
     assert table.roles == ("categorical", "numeric")
+
+
+def test_numbers_are_plain_ascii_and_nan_is_missing_only_as_a_missing_spelling(penguins: Path):
+    enc = Predictor(penguins).encoder
+    header = ",".join(enc.features)
+    body = "".join(
+        f"Dream,{v},17.1,190,3900,male,2008\n"
+        for v in ("1_000", "\u0661\u0662", "NAN", "Nan", "nan", "-nan", "4e1")
+    )
+    rows = from_csv(header + "\n" + body, enc)
+    assert rows.errors == [
+        "row 1: feature 'bill_length_mm' is not a number: '1_000'",
+        "row 2: feature 'bill_length_mm' is not a number: '\u0661\u0662'",
+        "row 3: feature 'bill_length_mm' is not a number: 'NAN'",
+        "row 4: feature 'bill_length_mm' is not a number: 'Nan'",
+        None,  # missing spellings
+        None,
+        None,
+    ]
+    assert rows.values[6, enc.offsets[1]] == 40.0
+    # Training reads numbers the same way: "1_000" is a typo there too.
+    rows = [["x", "y"]] + [[str(i % 9), "ab"[i % 2]] for i in range(40)] + [["1_000", "a"]]
+    with pytest.raises(
+        DataError, match=r"column 'x' holds numbers but 1 value\(s\) are not \(line 42: '1_000'\)"
+    ):
+        table_from_rows(rows, "y", source="t.csv", name="t")
+
+
+def test_a_field_over_the_limit_is_counted_in_utf8_bytes(penguins: Path):
+    from tabserve.handler.rows import Limits
+
+    enc = Predictor(penguins).encoder
+    header = ",".join(enc.features)
+    limits = Limits(max_field_bytes=1000)
+    body = f"{'é' * 600},45.1,14.5,215,5000,female,2007\n{'e' * 600},45.1,14.5,215,5000,female,2007\n"
+    rows = from_csv(header + "\n" + body, enc, limits=limits)
+    assert rows.errors == ["row 1: a field is longer than 1,000 bytes", None]
+    assert rows.unseen == {"island": 1}  # the refused row's category is not counted
+
+
+def test_a_feature_column_twice_in_a_csv_header_is_refused(penguins: Path):
+    from tabserve.handler.rows import BadRequest
+
+    enc = Predictor(penguins).encoder
+    header = ",".join(enc.features) + ",island"
+    with pytest.raises(BadRequest, match="CSV header has feature column\\(s\\) 'island' more than once"):
+        from_csv(header + "\nDream,45.1,14.5,215,5000,female,2007,Biscoe\n", enc)
+
+
+def test_training_leaves_out_rows_with_every_feature_missing():
+    rows = [["x", "c", "y"]] + [[str(i % 9), "pq"[i % 2], "ab"[i % 2]] for i in range(40)] + [["", "NA", "a"]]
+    table = table_from_rows(rows, "y", source="t.csv", name="t")
+    assert len(table.records) == 40
+    assert any("1 row(s) with every feature missing left out" in n for n in table.notes)

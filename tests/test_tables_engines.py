@@ -517,3 +517,31 @@ def test_a_resumed_job_reports_the_unseen_categories_of_the_whole_file(tmp_path,
     resumed = score(ScoreConfig(str(inp), str(out), concurrency=1, resume=True, **common))
     assert resumed.unseen == table.unseen and resumed.resumed_rows == 2 * CHUNK
     assert out.read_bytes() == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (
+            "id,island,bill_length,sex,flipper,note,label",
+            "the input already has column(s) 'label', which the output adds",
+        ),
+        (
+            "id,island,bill_length,sex,flipper,island",
+            "CSV header has feature column(s) 'island' more than once",
+        ),
+    ],
+)
+def test_an_ambiguous_input_header_fails_the_job_before_any_row(tmp_path, tables, capsys, header, message):
+    inp = tmp_path / "in.csv"
+    inp.write_text(
+        header
+        + "\n"
+        + ",".join(["1", "Dream", "40.1", "male", "190", "x", "y"][: header.count(",") + 1])
+        + "\n"
+    )
+    out = tmp_path / "out.csv"
+    argv = ["score", str(inp), "-o", str(out), "--model-store", str(tables / "store"), "--model", "penguins"]
+    assert main([*argv, "--engine", "local"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and message in err and not out.exists()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..handler.columns import CATEGORICAL, NUMERIC, Column, Encoder, is_missing_text
+from ..handler.columns import CATEGORICAL, NUMERIC, Column, Encoder, is_missing_text, parse_number
 from ..handler.rows import from_records
 from ..handler.schema import CLASSIFICATION, REGRESSION, TASKS
 
@@ -213,6 +213,16 @@ def table_from_rows(
     if not labelled:
         problems.append(f"target column {target!r} is empty in every row")
         raise DataError(_report(source, problems))
+    # A row with every feature missing has nothing to learn from (serving refuses it too).
+    feature_index = [k for k, col in enumerate(header) if k != t and col not in set(drop)]
+    blank = [all(is_missing_text(rec[k]) for k in feature_index) for _, rec in labelled]
+    empty = sum(blank)
+    if empty and feature_index:
+        labelled = [row for row, b in zip(labelled, blank) if not b]
+        notes.append(f"{empty} row(s) with every feature missing left out of training")
+        if not labelled:
+            problems.append("every row has every feature missing")
+            raise DataError(_report(source, problems))
     labels = [rec[t].strip() for _, rec in labelled]
     task, classes, y, target_problems, note = _target(labels, [line for line, _ in labelled], target, task)
     problems += target_problems
@@ -269,10 +279,9 @@ def _report(source: str, problems: list[str]) -> str:
 
 
 def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
+    """A number as the handler reads one (handler.columns.parse_number): what training takes
+    for a number, serving takes for the same number."""
+    return parse_number(text)
 
 
 def _target(
