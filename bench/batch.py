@@ -23,7 +23,7 @@ from common import (
     run_measured,
     save_plot,
 )
-from tabserve.server import ServeConfig, TorchServe, free_ports
+from tabserve.server import TorchServe, start_on_free_ports
 
 CHUNKS = [250, 500, 1000, 2000, 5000, 10000]
 
@@ -84,20 +84,8 @@ def main() -> None:
     scorer("tabserve score --engine local", data, args.rows, "--engine", "local")
 
     def running_server(**overrides) -> TorchServe:
-        ports = free_ports(5)
-        server = TorchServe(
-            ServeConfig(
-                model_store=store,
-                models=("iris",),
-                port=ports[0],
-                metrics_port=ports[2],
-                grpc_ports=(ports[3], ports[4]),
-                run_dir=Path(tempfile.mkdtemp(prefix="tabserve-bench-run-")),
-                **overrides,
-            )
-        )
-        server.start()
-        return server
+        run_dir = Path(tempfile.mkdtemp(prefix="tabserve-bench-run-"))
+        return start_on_free_ports(store, run_dir, models=("iris",), **overrides)
 
     def url_options(server: TorchServe) -> list[str]:
         return ["--url", server.inference_url, "--model", "iris", "--token-file", str(server.key_file)]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import OUT, ROOT, ensure_model, markdown_table, save_plot
 from tabserve.archive import with_settings
-from tabserve.server import ServeConfig, TorchServe, free_ports
+from tabserve.server import start_on_free_ports
 
 SETTINGS = {
     "tabserve default (batchSize 32, maxBatchDelay 5)": {},
@@ -108,18 +108,11 @@ def main() -> None:
 
     results: dict[tuple[str, str, int], dict[str, float]] = {}
     for setting, overrides in [*SETTINGS.items(), (COUNTERS_EVERY_BATCH, {})]:
-        ports = free_ports(5)
-        server = TorchServe(
-            ServeConfig(
-                model_store=every_batch if setting == COUNTERS_EVERY_BATCH else store,
-                port=ports[0],
-                metrics_port=ports[2],
-                grpc_ports=(ports[3], ports[4]),
-                run_dir=Path(tempfile.mkdtemp(prefix="tabserve-bench-run-")),
-                **overrides,
-            )
+        server = start_on_free_ports(
+            every_batch if setting == COUNTERS_EVERY_BATCH else store,
+            Path(tempfile.mkdtemp(prefix="tabserve-bench-run-")),
+            **overrides,
         )
-        server.start()
         try:
             for model in ("noop", "iris"):
                 url = f"{server.inference_url}/predictions/{model}"

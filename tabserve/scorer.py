@@ -49,7 +49,7 @@ from .engines import (
 from .errors import ChunkRefused, ConfigError, OutputError, ServerError, TabserveError
 from .handler.response import Unsplittable, contained_results, merge_rows
 from .progress import Progress
-from .server import DEFAULT_CONFIG, ServeConfig, TorchServe, free_ports
+from .server import DEFAULT_CONFIG, start_on_free_ports
 
 CHECKPOINT_VERSION = 1
 ENGINES = ("torchserve", "local", "spark")
@@ -226,27 +226,20 @@ def start_embedded(config: ScoreConfig, model: str, stack: ExitStack) -> tuple[s
     """A private TorchServe on free loopback ports, stopped when `stack` closes."""
     run_dir = Path(tempfile.mkdtemp(prefix="tabserve-score-"))
     stack.callback(shutil.rmtree, run_dir, True)
-    port, xport, g1, g2 = free_ports(4)
-    server = TorchServe(
-        ServeConfig(
-            model_store=Path(config.model_store),
-            models=(model,),
-            port=port,
-            metrics_port=xport,
-            grpc_ports=(g1, g2),
-            auth=True,
-            config_file=config.config_file,
-            run_dir=run_dir,
-            extra_properties={"token_expiration_min": str(EMBEDDED_TOKEN_MINUTES)},
-            tied_to_owner=True,
-            # The scorer's requests are whole chunks already, so server-side batching has
-            # nothing to gain (bench/batch.py: within a few percent either way at 5,000-row
-            # chunks) and would only add its delay and tie several chunks to one worker.
-            batch_size=1,
-        )
+    server = start_on_free_ports(
+        Path(config.model_store),
+        run_dir,
+        models=(model,),
+        auth=True,
+        config_file=config.config_file,
+        extra_properties={"token_expiration_min": str(EMBEDDED_TOKEN_MINUTES)},
+        tied_to_owner=True,
+        # The scorer's requests are whole chunks already, so server-side batching has
+        # nothing to gain (bench/batch.py: within a few percent either way at 5,000-row
+        # chunks) and would only add its delay and tie several chunks to one worker.
+        batch_size=1,
     )
     stack.callback(server.stop)
-    server.start()
     return server.inference_url, TokenSource(token_file=server.key_file)
 
 

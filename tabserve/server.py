@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import requests
@@ -83,6 +84,25 @@ class ServeConfig:
     @property
     def directory(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path(".tabserve") / "run" / str(self.port)
+
+
+def start_on_free_ports(model_store: Path, run_dir: Path, **settings: Any) -> TorchServe:
+    """A TorchServe on free loopback ports (inference, metrics and both gRPC ports), started
+    and answering: the scorer's embedded server, the tests' and the benches'. `settings` are
+    ServeConfig's other fields. The caller stops it."""
+    port, metrics, grpc_inference, grpc_management = free_ports(4)
+    server = TorchServe(
+        ServeConfig(
+            model_store=Path(model_store),
+            port=port,
+            metrics_port=metrics,
+            grpc_ports=(grpc_inference, grpc_management),
+            run_dir=Path(run_dir),
+            **settings,
+        )
+    )
+    server.start()  # stops what it started if it fails
+    return server
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from tabserve.archive import ArchiveConfig, archive
 from tabserve.handler.predictor import Predictor
-from tabserve.server import ServeConfig, TorchServe, free_ports
+from tabserve.server import TorchServe, start_on_free_ports
 from tabserve.train.config import FitConfig
 from tabserve.train.data import load_builtin
 from tabserve.train.export import export
@@ -52,20 +52,7 @@ def model_store(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def start_server(store: Path, run_dir: Path, auth: bool = True, **kw) -> TorchServe:
-    port, xport, g1, g2 = free_ports(4)
-    server = TorchServe(
-        ServeConfig(
-            model_store=store,
-            port=port,
-            metrics_port=xport,
-            grpc_ports=(g1, g2),
-            auth=auth,
-            run_dir=run_dir,
-            **kw,
-        )
-    )
-    server.start()
-    return server
+    return start_on_free_ports(store, run_dir, auth=auth, **kw)
 
 
 @pytest.fixture(scope="session")
