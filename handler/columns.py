@@ -221,13 +221,11 @@ class Encoder:
         return None
 
     def put_json(self, values: np.ndarray, i: int, j: int, v: Any) -> tuple[str | None, bool]:
-        """Row i's column j from a JSON value: (problem or None, whether it was an unseen
-        category)."""
+        """Row i's column j from a JSON value that is not missing (see json_missing): (problem
+        or None, whether it was an unseen category)."""
         c, o = self.columns[j], self.offsets[j]
         # Without imputation a numeric column reads as it always has: null, "NA" and NaN are
         # not numbers. (A categorical column's missing value is "missing" either way.)
-        if self.json_missing(j, v):
-            return self.put_missing(values, i, j), False
         if c.role == NUMERIC:
             if type(v) is float:
                 if not math.isfinite(v):

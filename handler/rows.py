@@ -266,13 +266,11 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
                 f"feature names, got {preview(row)}"
             )
             continue
-        new = []
-        if enc.impute and all(v is absent or enc.json_missing(j, v) for j, v in enumerate(items)):
-            errors[i] = f"row {first_row + i}: {ALL_MISSING}"
-            continue
+        new, gaps = [], 0
         for j, v in enumerate(items):
-            if v is absent:
+            if v is absent or enc.json_missing(j, v):
                 problem, is_new = enc.put_missing(values, i, j), False
+                gaps += 1
             else:
                 problem, is_new = enc.put_json(values, i, j, v)
             if problem:
@@ -284,6 +282,10 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
                 break
             if is_new:
                 new.append(j)
+        if enc.impute and gaps == n:
+            errors[i] = f"row {first_row + i}: {ALL_MISSING}"
+            values[i] = 0.0
+            continue
         for j in new:
             unseen[j] += 1
     return Rows(values, errors, _unseen(features, unseen))

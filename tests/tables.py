@@ -5,7 +5,6 @@ values the model has, and can compute what it must predict by hand."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from tabserve.handler.columns import CATEGORICAL, Column
 from tabserve.handler.model import build_mlp
 from tabserve.handler.schema import REGRESSION, WEIGHTS_FILE, Architecture, Schema
+from tabserve.train.export import weights_bytes
 
 # Classification: every kind of column. Network inputs (width 11):
 # bill_length, bill_length<missing>, flipper, island=<other>, =Biscoe, =Dream, =Torgersen,
@@ -38,14 +38,6 @@ PRICE_TARGET = ("price", 21.0, 4.0)  # name, mean, scale
 # Format 1 (numbers only, all required): how archives were written before column roles.
 OLD_FEATURES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")
 OLD_CLASSES = ("setosa", "versicolor", "virginica")
-
-
-def weights_bytes(model: torch.nn.Module) -> bytes:
-    """The state_dict as train.export.weights_bytes writes it (torch.save to memory), kept
-    here so these artifacts do not depend on the training package."""
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buffer)
-    return buffer.getvalue()
 
 
 def _weights(out: Path, arch: Architecture, seed: int) -> tuple[torch.nn.Module, str]:

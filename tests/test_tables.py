@@ -322,7 +322,8 @@ def test_describe_prints_roles_vocabularies_fills_and_metrics(penguins: Path, ca
     out = capsys.readouterr().out
     assert "classification of 'species' into Adelie, Chinstrap, Gentoo" in out
     assert "island" in out and "one-hot: Biscoe, Dream, Torgersen" in out
-    assert "missing -> 44.5 + missing indicator" in out or "missing indicator" in out
+    fill = {c.name: c for c in Schema.load(penguins).columns}["bill_length_mm"].fill
+    assert f"the value, missing -> {fill:g} + missing indicator" in out
     assert "test_accuracy:" in out
 
 

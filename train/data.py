@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,20 +110,10 @@ def load_builtin(name: str) -> Table:
     return table
 
 
-def load_csv(
-    path: Path,
-    target: str,
-    name: str | None = None,
-    *,
-    task: str | None = None,
-    categorical: Sequence[str] = (),
-    drop: Sequence[str] = (),
-    keep: Sequence[str] = (),
-    max_categories: int = MAX_CATEGORIES,
-    missing: str = "impute",
-) -> Table:
+def load_csv(path: Path, target: str, name: str | None = None, **options: Any) -> Table:
     """A CSV with a header: `target` holds the class labels or values to predict; the other
-    columns are features whose roles are inferred (see the module docstring). Raises
+    columns are features whose roles are inferred (see the module docstring). `options` are
+    table_from_rows's (task, categorical, drop, keep, max_categories, missing). Raises
     DataError with every problem found."""
     path = Path(path)
     try:
@@ -136,18 +127,8 @@ def load_csv(
         raise DataError(f"{path} cannot be read as CSV: {exc}") from exc
     if not rows:
         raise DataError(f"{path} is empty")
-    return table_from_rows(
-        rows,
-        target,
-        source=str(path),
-        name=name or column_name(path.stem) or "model",
-        task=task,
-        categorical=categorical,
-        drop=drop,
-        keep=keep,
-        max_categories=max_categories,
-        missing=missing,
-    )
+    name = name or column_name(path.stem) or "model"
+    return table_from_rows(rows, target, source=str(path), name=name, **options)
 
 
 def table_from_rows(
@@ -214,7 +195,8 @@ def table_from_rows(
         problems.append(f"target column {target!r} is empty in every row")
         raise DataError(_report(source, problems))
     # A row with every feature missing has nothing to learn from (serving refuses it too).
-    feature_index = [k for k, col in enumerate(header) if k != t and col not in set(drop)]
+    dropped = set(drop)
+    feature_index = [k for k, col in enumerate(header) if k != t and col not in dropped]
     blank = [all(is_missing_text(rec[k]) for k in feature_index) for _, rec in labelled]
     empty = sum(blank)
     if empty and feature_index:
@@ -229,7 +211,6 @@ def table_from_rows(
     notes.append(note)
 
     features, roles = [], []
-    dropped = set(drop)
     for k, col in enumerate(header):
         if k == t or col in dropped or not col or header.count(col) > 1:
             continue
