@@ -24,7 +24,7 @@ import torch
 
 from .columns import Encoder
 from .predictor import Predictor, pick_device
-from .response import UNSEEN_HEADER, error_body, to_csv, to_json
+from .response import BATCH_TYPE, UNSEEN_HEADER, error_body, to_csv, to_json, to_npz
 from .rows import (
     CSV_HEADER_HEADER,
     FIRST_ROW_HEADER,
@@ -85,7 +85,7 @@ class _Request:
     idx: int
     rows: Rows
     first_row: int
-    csv_answer: bool
+    answer: str  # "json", "csv" or "npz" (BATCH_TYPE), from the Accept header
     chunk: bool = False  # a batch job's chunk (it numbers its rows): never pooled
 
 
@@ -144,7 +144,9 @@ class TabularHandler:
                     log.debug("could not record metric %s", name, exc_info=True)
         self._pending.clear()
 
-    def _answer(self, context: Any, idx: int, status: int, body: str, content_type: str) -> str:
+    def _answer(
+        self, context: Any, idx: int, status: int, body: str | bytes, content_type: str
+    ) -> str | bytes:
         try:
             if status != 200:
                 context.set_response_status(status, _PHRASES.get(status, "Error"), idx)
@@ -162,12 +164,13 @@ class TabularHandler:
         first_row = _first_row(headers.get(FIRST_ROW_HEADER.lower()))
         rows = _decode(_body(request, ctype), ctype, self.predictor.encoder, first_row, self.limits, forced)
         accept = headers.get("accept", "").split(";")[0].strip().lower()
+        answer = "csv" if accept in CSV_ACCEPT else "npz" if accept == BATCH_TYPE else "json"
         chunk = FIRST_ROW_HEADER.lower() in headers
-        return _Request(idx, rows, first_row, accept in CSV_ACCEPT, chunk)
+        return _Request(idx, rows, first_row, answer, chunk)
 
-    def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[str | bytes]:
         assert self.predictor is not None, "handler used before initialize()"
-        answers: list[str | None] = [None] * len(data)
+        answers: list[str | bytes | None] = [None] * len(data)
         decoded: list[_Request] = []
         rejected_requests = 0
         for idx, request in enumerate(data):
@@ -232,9 +235,12 @@ class TabularHandler:
             log.warning("pooled model pass failed; predicting request by request", exc_info=True)
             return {}
 
-    def _encode(self, context: Any, d: _Request, probs: np.ndarray, errors: list[str | None]) -> str:
+    def _encode(self, context: Any, d: _Request, probs: np.ndarray, errors: list[str | None]) -> str | bytes:
         classes = self.predictor.classes
-        if d.csv_answer:
+        body: str | bytes
+        if d.answer == "npz":
+            body, ctype = to_npz(probs, errors, classes), BATCH_TYPE
+        elif d.answer == "csv":
             body, ctype = to_csv(probs, errors, classes), "text/csv; charset=utf-8"
         else:
             body, ctype = to_json(probs, errors, classes, self.model_info), _JSON
@@ -245,7 +251,8 @@ class TabularHandler:
             except Exception:
                 pass
         limit = self.limits.max_answer_bytes
-        if len(body) * 4 > limit and len(body.encode("utf-8")) > limit:
+        size = len(body) if isinstance(body, bytes) else len(body) * 4
+        if size > limit and (isinstance(body, bytes) or len(body.encode("utf-8")) > limit):
             message = (
                 f"the answer to this request would be over {limit:,} bytes (max_answer_bytes): "
                 "send fewer rows per request"
@@ -289,7 +296,7 @@ def _decode(
 _handler = TabularHandler()
 
 
-def handle(data: list[dict[str, Any]] | None, context: Any) -> list[str] | None:
+def handle(data: list[dict[str, Any]] | None, context: Any) -> list[str | bytes] | None:
     """TorchServe calls handle(None, context) once to initialise, then once per batch."""
     if _handler.predictor is None:
         _handler.initialize(context)

@@ -63,7 +63,7 @@ class LocalAnswer:
     """What TorchServe would send back for one request: status, body and response headers."""
 
     status: int
-    body: str
+    body: str | bytes
     headers: dict[str, str]
 
     @property
@@ -87,14 +87,17 @@ class LocalModel:
         self.handler = TabularHandler()
         self.handler.initialize(LocalContext(*self._args, gpu_id=gpu_id))
 
-    def respond_csv(self, body: str, first_row: int = 1, header: bool = True) -> LocalAnswer:
-        """The answer to one text/csv request answered as text/csv, sent as the TorchServe
-        engine sends it: `header` says the body's first line is the input's header
-        (CSV_HEADER_HEADER), `first_row` numbers its first data row."""
+    def respond(
+        self, body: str | bytes, first_row: int = 1, header: bool = True, accept: str = "text/csv"
+    ) -> LocalAnswer:
+        """The answer to one text/csv request, sent as the batch engines send it: `header`
+        says the body's first line is the input's header (CSV_HEADER_HEADER), `first_row`
+        numbers its first data row, `accept` asks for text/csv or the batch answer
+        (response.BATCH_TYPE)."""
         ctx = LocalContext(*self._args)
         headers = {
             "Content-Type": "text/csv; charset=utf-8",
-            "Accept": "text/csv",
+            "Accept": accept,
             FIRST_ROW_HEADER: str(first_row),
         }
         if header:
@@ -103,6 +106,10 @@ class LocalModel:
         answer = self.handler.handle([{"body": body}], ctx)[0]
         request = ctx.request_processor[0]
         return LocalAnswer(request.status, answer, dict(request.response_headers))
+
+    def respond_csv(self, body: str, first_row: int = 1, header: bool = True) -> LocalAnswer:
+        """respond() answered as text/csv."""
+        return self.respond(body, first_row, header)
 
     def call_csv(self, body: str, first_row: int = 1, header: bool = True) -> tuple[int, str]:
         """(status, answer) of respond_csv, without the response headers."""

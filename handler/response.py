@@ -11,6 +11,16 @@ from typing import Any
 
 import numpy as np
 
+# The batch answer (Accept: BATCH_TYPE): an .npz archive (numpy's own format, read with
+# allow_pickle=False) instead of text, so that no float is formatted or parsed per row:
+#   columns     str (k + 2,)  the output columns (label, p_<class>..., error / prediction, error)
+#   values      float64 (n, k) probabilities per class (regression: the prediction), NaN where
+#               the row failed
+#   label       int32 (n,)   the predicted class's index, -1 where the row failed (classifiers)
+#   error_rows  int64 (m,)   positions (0-based, in the body) of the rows that failed
+#   error_text  str (m,)     their messages
+BATCH_TYPE = "application/x-tabserve-npz"
+
 # Response header: {"column": count} of the categories in a request that training never saw
 # (set by entry.py, added up by the batch engines).
 UNSEEN_HEADER = "X-Tabserve-Unseen"
@@ -87,6 +97,29 @@ def to_csv(
         for label, p, err in zip(labels, text.split("],["), errors):
             lines.append(f"{label},{p}," if err is None else f"{blank}{_quote(err)}")
     return "\n".join(lines) + "\n"
+
+
+def to_npz(probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str]) -> bytes:
+    """The batch answer (BATCH_TYPE): see its description above."""
+    import io
+
+    values = np.asarray(probs, dtype=np.float64).reshape(len(errors), -1).copy()
+    failed = [i for i, e in enumerate(errors) if e is not None]
+    arrays: dict[str, np.ndarray] = {
+        "columns": np.asarray(output_columns(classes), dtype=str),
+        "error_rows": np.asarray(failed, dtype=np.int64),
+        "error_text": np.asarray([errors[i] for i in failed] or [""][:0], dtype=str),
+    }
+    if failed:
+        values[failed] = np.nan
+    arrays["values"] = values
+    if classes:
+        label = values.argmax(axis=1).astype(np.int32) if len(values) else np.zeros(0, np.int32)
+        label[failed] = -1
+        arrays["label"] = label
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
 
 
 def _quote(field: str) -> str:

@@ -41,7 +41,8 @@ def env_int(name: str, default: int | None) -> int | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .progress import Progress
+    from tqdm import tqdm
+
     from .train.config import FitConfig
     from .train.data import load_builtin, load_csv
     from .train.export import export
@@ -97,8 +98,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     roles = ", ".join(f"{f} ({r})" for f, r in zip(data.features, data.roles))
     print(f"columns: {roles}")
     out = Path(args.out) if args.out else Path("artifacts") / data.name
-    bar = Progress(config.epochs, "epochs")
-    result = fit(data, config, on_epoch=lambda e, n, loss: bar.update(e, f"loss {loss:.4f}"))
+    # A progress bar on a terminal only (tqdm draws it; nothing when stderr is piped).
+    bar = tqdm(total=config.epochs, unit=" epochs", disable=not sys.stderr.isatty(), leave=False)
+
+    def on_epoch(epoch: int, n: int, loss: float) -> None:
+        bar.update(epoch - bar.n)
+        bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+
+    result = fit(data, config, on_epoch=on_epoch)
     bar.close()
     export(data, config, result, out)
     m = result.metrics
@@ -299,6 +306,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         master=args.master,
         partitions=args.partitions,
         max_record_bytes=args.max_record_bytes,
+        input_format=args.input_format,
+        output_format=args.format,
     )
     # SIGTERM (a container stop, a job runner's timeout) ends the job like Ctrl-C: the
     # embedded server is stopped and the partial output kept for --resume. Once every row is
@@ -571,7 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .csvio import DEFAULT_MAX_RECORD_BYTES
 
-    sc = sub.add_parser("score", help="score a CSV file: every row in, every row out with predictions")
+    sc = sub.add_parser(
+        "score", help="score a CSV or Parquet file: every row in, every row out with predictions"
+    )
     sc.error = _score_usage_error  # type: ignore[method-assign]
     parse_known = sc.parse_known_args
 
@@ -582,8 +593,28 @@ def build_parser() -> argparse.ArgumentParser:
         return known, extra
 
     sc.parse_known_args = parse_score_args  # type: ignore[method-assign]
-    sc.add_argument("input", help="CSV with a header; - for stdin; .gz is decompressed")
-    sc.add_argument("-o", "--output", required=True, help="output CSV; - for stdout; .gz compresses")
+    sc.add_argument(
+        "input", help="CSV with a header (- for stdin; .gz is decompressed) or Parquet (.parquet)"
+    )
+    sc.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output CSV (- for stdout; .gz compresses) or Parquet (.parquet, or --format parquet)",
+    )
+    sc.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        default=env("FORMAT", None),
+        help="the output's format (default: from its extension: .parquet or .pq is Parquet, "
+        "anything else CSV; TABSERVE_FORMAT)",
+    )
+    sc.add_argument(
+        "--input-format",
+        choices=("csv", "parquet"),
+        default=env("INPUT_FORMAT", None),
+        help="the input's format (default: from its extension, as --format)",
+    )
     sc.add_argument(
         "--engine",
         choices=("torchserve", "local", "spark"),

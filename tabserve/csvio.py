@@ -270,19 +270,33 @@ def decode_records(records: list[bytes]) -> list[str]:
     return lines
 
 
+def clean_records(records: list[bytes]) -> list[bytes]:
+    """Raw records as valid UTF-8 (an invalid byte becomes U+FFFD, as when decoded), a
+    trailing CR removed."""
+    joined = b"\n".join(records)
+    try:
+        joined.decode("utf-8")
+    except UnicodeDecodeError:
+        records = [r.decode("utf-8", errors="replace").encode("utf-8") for r in records]
+    if b"\r" in joined:
+        records = [r[:-1] if r.endswith(b"\r") else r for r in records]
+    return records
+
+
 def chunks(
     reader: RecordReader,
     chunk_rows: int,
     first_row: int = 1,
     index: int = 0,
     max_bytes: int | None = CHUNK_BYTES,
+    raw: bool = False,
 ) -> Iterator[Chunk]:
     """Group the reader's remaining records into chunks of `chunk_rows` data rows (fewer
     when they hold `max_bytes`); blank lines are not data rows: they are skipped and
-    counted."""
+    counted. `raw`: the records as UTF-8 bytes (clean_records), not text."""
     while True:
         records, bad = reader.take(chunk_rows, max_bytes)
-        lines = decode_records(records)
+        lines = clean_records(records) if raw else decode_records(records)
         if not lines:
             return
         blanks = 0
@@ -408,9 +422,9 @@ class OutputFile:
         except OSError as exc:
             raise OutputError(f"cannot write {self.part}: {exc.strerror}") from exc
 
-    def write_block(self, text: str) -> int:
+    def write_block(self, text: str | bytes) -> int:
         """Write one block and flush it to the OS; returns the bytes written so far."""
-        data = text.encode("utf-8")
+        data = text.encode("utf-8") if isinstance(text, str) else text
         if self.gz:
             data = gzip.compress(data, compresslevel=6, mtime=0)
         try:

@@ -1,0 +1,226 @@
+"""The local engine: the archive's own handler, unpacked from the .mar, in worker processes
+(one handler each, so decoding runs on every core); no server, the same decoding, model and
+answer as TorchServe. The scorer's process only reads, routes and writes, and never imports
+torch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ChunkRefused, ConfigError, ServerError, TabserveError
+from ..results import AnswerError, Results, columns_of, read_npz, score_body
+from . import archive_path
+
+if TYPE_CHECKING:
+    from ...scorer import ScoreConfig
+
+LOCAL_PREFIX = "tabserve-local-"
+
+
+def open(config: ScoreConfig, stack: ExitStack) -> LocalPoolEngine:  # noqa: A001 (the registry's name)
+    engine = LocalPoolEngine(archive_path(config), config.concurrency or os.cpu_count() or 1)
+    stack.callback(engine.close)
+    return engine
+
+
+class LocalEngine:
+    """The archive's handler in this process.
+
+    The archive is unpacked into a temporary folder named for this process
+    (tabserve-local-PID-...), removed by close() or, if the process dies first, by the next
+    run's remove_stale_local_dirs()."""
+
+    def __init__(self, mar: Path, gpu_id: int | None = None) -> None:
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-"))
+        try:
+            local = load_archive_module(mar, self._tmp, "local")
+            self.model = local.LocalModel(self._tmp, gpu_id=gpu_id)
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+        self.handler = self.model.handler
+        self.columns: list[str] = []
+
+    def _call(self, body: bytes, n: int, first_row: int) -> tuple[int, Results | str]:
+        try:
+            return score_body(self.model, body, n, first_row)
+        except AnswerError as exc:
+            raise ServerError(f"the archive's handler, batch starting at row {first_row}: {exc}") from exc
+        except Exception as exc:  # the handler failed on this body: the batch's failure
+            raise ServerError(
+                f"the model's handler failed on the batch starting at row {first_row}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
+
+    def probe(self, header: bytes) -> list[str]:
+        respond = getattr(self.model, "respond", None)
+        if respond is None:  # an archive from before the batch answer
+            from ..results import csv_answer
+            from .torchserve import csv_columns
+
+            answer = csv_answer(self.model, header.decode("utf-8") + "\n", 1)
+            if answer.status != 200:
+                raise ConfigError(f"the model refused the input's columns: {_message(answer.body)}")
+            self.columns = csv_columns(answer.body, header.decode("utf-8"), "the archive's handler")
+            return self.columns
+        from ..results import BATCH_TYPE
+
+        answer = respond(header + b"\n", 1, accept=BATCH_TYPE)
+        if answer.status != 200:
+            raise ConfigError(f"the model refused the input's columns: {_message(answer.body)}")
+        self.columns = columns_of(read_npz(answer.body))
+        return self.columns
+
+    def alive(self, header: bytes) -> bool:
+        return True  # in this process: a failure is always the batch's own
+
+    def score(self, body: bytes, n: int, first_row: int, retries: int | None = None) -> Results:
+        status, results = self._call(body, n, first_row)
+        if status != 200:
+            raise ChunkRefused(str(results))
+        assert isinstance(results, Results)
+        return results
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _message(body: Any) -> str:
+    from ..results import message_of
+
+    return message_of(body)
+
+
+def remove_stale_local_dirs() -> list[Path]:
+    """Remove the temporary folders of local-engine processes that are gone (killed before
+    they could clean up); returns them."""
+    import psutil
+
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob(f"{LOCAL_PREFIX}*-*"):
+        pid = d.name[len(LOCAL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            alive = psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            alive = False
+        except psutil.Error:
+            alive = True  # another user's process, say: not ours to judge
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def load_archive_module(mar: Path, into: Path, module: str):
+    """Unpack `mar` into `into` and import `module` of the archive's handler package under a
+    package name of its own, so two archives in one process never share modules."""
+    import importlib
+    import importlib.util
+    import sys
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(mar) as z:
+            z.extractall(into)
+        pkg_dir = Path(into) / "tabserve_handler"
+        name = f"tabserve_handler_{abs(hash(str(into)))}"
+        spec = importlib.util.spec_from_file_location(
+            name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError("no tabserve_handler package")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+        return importlib.import_module(f"{name}.{module}")
+    except (OSError, KeyError, zipfile.BadZipFile, ImportError) as exc:
+        raise ConfigError(f"cannot load the handler from {mar}: {exc}") from exc
+
+
+_worker: LocalEngine | None = None
+
+
+def _start_worker(mar: str) -> None:
+    global _worker
+    from multiprocessing.util import Finalize
+
+    _worker = LocalEngine(Path(mar))
+    # Pool workers leave through multiprocessing's exit path, which runs finalizers (not
+    # atexit): remove the unpacked archive there. A killed worker's folder is removed by the
+    # pool (close) or the next run.
+    Finalize(_worker, _worker.close, exitpriority=10)
+
+
+def _worker_probe(header: bytes) -> list[str]:
+    assert _worker is not None
+    return _worker.probe(header)
+
+
+def _worker_score(body: bytes, n: int, first_row: int) -> Results:
+    assert _worker is not None
+    return _worker.score(body, n, first_row)
+
+
+class LocalPoolEngine:
+    """LocalEngine in `processes` worker processes. A pool whose worker died (killed, out of
+    memory) is replaced, and the batches it had fail with ServerError."""
+
+    def __init__(self, mar: Path, processes: int) -> None:
+        self.mar = mar
+        self.processes = processes
+        self.columns: list[str] = []
+        self._lock = threading.Lock()
+        remove_stale_local_dirs()
+        self._pool = self._start("fork")
+
+    def _start(self, method: str):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: the workers start in milliseconds, and the scorer has started no threads yet.
+        # A replacement pool starts mid-job, beside the scorer's threads: from a fork server.
+        return ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_start_worker,
+            initargs=(str(self.mar),),
+        )
+
+    def _run(self, fn, *args):
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._pool
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool as exc:
+            with self._lock:
+                if self._pool is pool:  # the first thread to see it replaces the pool
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    remove_stale_local_dirs()
+                    self._pool = self._start("forkserver")
+            raise ServerError(f"a local worker process died: {exc}") from exc
+
+    def probe(self, header: bytes) -> list[str]:
+        self.columns = self._run(_worker_probe, header)
+        return self.columns
+
+    def alive(self, header: bytes) -> bool:
+        try:
+            return self.probe(header) == self.columns
+        except TabserveError:
+            return False
+
+    def score(self, body: bytes, n: int, first_row: int, retries: int | None = None) -> Results:
+        return self._run(_worker_score, body, n, first_row)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        remove_stale_local_dirs()

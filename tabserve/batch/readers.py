@@ -1,0 +1,288 @@
+"""Readers: an input file as batches of records, each able to say where the input stands after
+it (for a checkpoint) and to give an engine its records as a CSV body.
+
+- CSV (plain, `.gz`, or `-` for stdin): records keep their own text (csvio.RecordReader), so
+  every input column goes to a CSV output untouched; a record over --max-record-bytes is
+  flagged and never reaches an engine. Positions are byte offsets of the (decompressed) input.
+- Parquet: streamed by row group with pyarrow, in batches of --chunk-rows; an engine gets the
+  batch as CSV text written by pyarrow (the handler is the one place that reads a row).
+  Positions are row numbers.
+
+Adding a reader: a class with `header`, `columns`, `batches(start)`, `fingerprint`, and an entry
+in READERS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..csvio import CHUNK_BYTES, RecordReader, chunks, open_input, parse_header, quote
+from ..errors import ConfigError, InputError
+
+
+@dataclass
+class Batch:
+    """Consecutive data rows of the input, in order."""
+
+    index: int  # 0, 1, 2, ...
+    first_row: int  # 1-based number of the batch's first data row in the input
+    n: int  # data rows
+    position: dict[str, int]  # where the input stands after this batch (Reader.batches(start=...))
+    blank_lines: int = 0  # blank lines skipped inside it (not data rows)
+    oversized: tuple[int, ...] = ()  # rows never sent to an engine (records over the limit)
+    records: list[bytes] | None = None  # CSV input: each record's own text
+    table: Any = None  # Parquet input: a pyarrow RecordBatch
+    header: bytes = b""  # the CSV header line every body starts with
+
+    def body(self, start: int = 0, stop: int | None = None) -> bytes:
+        """Rows start..stop as a CSV request body: the header line, then one record each."""
+        stop = self.n if stop is None else stop
+        if self.records is not None:
+            return b"\n".join([self.header, *self.records[start:stop]]) + b"\n"
+        return self.header + b"\n" + csv_text(self.table.slice(start, stop - start))
+
+
+class CsvReader:
+    """A CSV file (or .gz, or stdin) as batches of records with their own text."""
+
+    kind = "csv"
+
+    def __init__(self, path: str, chunk_rows: int, max_record_bytes: int) -> None:
+        self.path = path
+        self.chunk_rows = chunk_rows
+        self.stream = open_input(path)
+        self.reader = RecordReader(self.stream, max_record_bytes=max_record_bytes)
+        self.header_text = self.reader.header()
+        self.columns = parse_header(self.header_text)
+        self.header = self.header_text.encode("utf-8")
+        self.size = os.stat(path).st_size if path != "-" else 0
+
+    def fingerprint(self) -> dict[str, Any]:
+        st = os.stat(self.path) if self.path != "-" else None
+        return {
+            "input": self.path,
+            "size": st.st_size if st else 0,
+            "mtime_ns": st.st_mtime_ns if st else 0,
+            "header": self.header_text,
+        }
+
+    def batches(self, start: dict[str, int] | None = None) -> Iterator[Batch]:
+        first_row, index = 1, 0
+        if start is not None:
+            self.reader.seek(start["offset"], self.path)
+            first_row, index = start["row"], start["index"]
+        for c in chunks(self.reader, self.chunk_rows, first_row, index, CHUNK_BYTES, raw=True):
+            yield Batch(
+                c.index,
+                c.first_row,
+                len(c.lines),
+                {"offset": c.end_offset, "row": c.first_row + len(c.lines), "index": c.index + 1},
+                c.blank_lines,
+                c.oversized,
+                records=c.lines,
+                header=self.header,
+            )
+
+    def fraction(self, batch: Batch) -> float | None:
+        """How far through the input a batch ends, when the reader can tell."""
+        if not self.size or self.path.endswith(".gz"):
+            return None
+        return batch.position["offset"] / self.size
+
+    def close(self) -> None:
+        if self.path != "-":
+            self.stream.close()
+
+
+class ParquetReader:
+    """A Parquet file, streamed by row group in batches of `chunk_rows` rows."""
+
+    kind = "parquet"
+
+    def __init__(self, path: str, chunk_rows: int) -> None:
+        import pyarrow.parquet as pq
+
+        if path == "-":
+            raise ConfigError("Parquet input must be a file, not - (stdin): Parquet is read from its end")
+        self.path = path
+        self.chunk_rows = chunk_rows
+        try:
+            self.file = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow's own errors: not Parquet, truncated, no footer
+            raise ConfigError(f"cannot read {path} as Parquet: {exc}") from exc
+        self.schema = self.file.schema_arrow
+        self.columns = list(self.schema.names)
+        self.header = _header_line(self.columns)
+        self.rows = self.file.metadata.num_rows
+
+    def fingerprint(self) -> dict[str, Any]:
+        st = os.stat(self.path)
+        return {
+            "input": self.path,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "header": self.header.decode("utf-8"),
+        }
+
+    def batches(self, start: dict[str, int] | None = None) -> Iterator[Batch]:
+        row = start["row"] - 1 if start else 0  # rows already done
+        index = start["index"] if start else 0
+        meta = self.file.metadata
+        groups, skip, seen = [], row, 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if seen + n <= row:
+                seen += n
+                continue
+            groups.append(g)
+        skip = row - seen
+        if not groups:
+            return
+        try:
+            pending = None
+            for rb in self.file.iter_batches(batch_size=self.chunk_rows, row_groups=groups, use_threads=True):
+                if skip:
+                    if skip >= rb.num_rows:
+                        skip -= rb.num_rows
+                        continue
+                    rb, skip = rb.slice(skip), 0
+                pending = rb if pending is None else _concat(pending, rb)
+                while pending is not None and pending.num_rows >= self.chunk_rows:
+                    part, pending = pending.slice(0, self.chunk_rows), pending.slice(self.chunk_rows)
+                    if pending.num_rows == 0:
+                        pending = None
+                    yield self._batch(part, index, row)
+                    index += 1
+                    row += part.num_rows
+            if pending is not None and pending.num_rows:
+                yield self._batch(pending, index, row)
+        except OSError as exc:  # pyarrow's I/O and decoding errors derive from it
+            raise InputError(f"cannot read {self.path} after row {row:,}: {exc}") from exc
+
+    def _batch(self, rb: Any, index: int, done: int) -> Batch:
+        n = rb.num_rows
+        return Batch(
+            index,
+            done + 1,
+            n,
+            {"row": done + n + 1, "index": index + 1},
+            table=rb,
+            header=self.header,
+        )
+
+    def fraction(self, batch: Batch) -> float | None:
+        return (batch.position["row"] - 1) / self.rows if self.rows else None
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _concat(a: Any, b: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_batches([a, b]).combine_chunks().to_batches()[0]
+
+
+def _header_line(names: list[str]) -> bytes:
+    return ",".join(quote(n) for n in names).encode("utf-8")
+
+
+def csv_text(table: Any) -> bytes:
+    """Rows of a RecordBatch as CSV text without a header (table_lines, each ending in a
+    line end)."""
+    lines = table_lines(table)
+    return b"\n".join(lines) + b"\n" if lines else b""
+
+
+def table_lines(table: Any) -> list[bytes]:
+    """Each row of a RecordBatch as one CSV record (no line end), as a handler reads it:
+    numbers in pyarrow's shortest exact text, nulls empty, text quoted only where it must be.
+    Done column by column in pyarrow's C++. A column pyarrow cannot turn into text (lists,
+    structs, maps) gives each value's JSON text, which the handler names as that row's bad
+    value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return []
+    texts = []
+    for col in table.columns:
+        t = col.type
+        if _python_text(t):
+            col = pa.array([_text(v) for v in col.to_pylist()], type=pa.string())
+        elif pa.types.is_dictionary(t):
+            col = col.cast(t.value_type)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            try:
+                col = pc.cast(col, pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                col = pa.array([_text(v) for v in col.to_pylist()], type=pa.string())
+        else:
+            special = pc.match_substring_regex(col, '[",\r\n]')
+            if pc.any(special).as_py():
+                quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
+                col = pc.if_else(special, quoted, col)
+        texts.append(pc.fill_null(col, ""))
+    joined = texts[0] if len(texts) == 1 else pc.binary_join_element_wise(*texts, ",")
+    return pc.cast(joined, pa.binary()).to_pylist()
+
+
+def _python_text(t: Any) -> bool:
+    """Whether pyarrow cannot cast a column of type `t` to text (lists, structs, maps) or its
+    text could be invalid UTF-8 (binary): such values are turned into text one by one."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (
+        pa.types.is_nested(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+    )
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return json.dumps(v, default=str)
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """How to open one input format."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    open: Any = field(repr=False)
+
+
+READERS = {
+    "csv": ReaderSpec("csv", (".csv", ".csv.gz", ".gz", ".txt", ".tsv"), CsvReader),
+    "parquet": ReaderSpec("parquet", (".parquet", ".pq"), ParquetReader),
+}
+
+
+def input_format(path: str, given: str | None = None) -> str:
+    """The input's format: --input-format, else the file's extension, else CSV."""
+    if given:
+        if given not in READERS:
+            raise ConfigError(f"--input-format must be one of {', '.join(READERS)}, got {given!r}")
+        return given
+    low = path.lower()
+    for name, spec in READERS.items():
+        if low.endswith(spec.suffixes) and name != "csv":
+            return name
+    return "csv"
+
+
+def open_reader(path: str, fmt: str, chunk_rows: int, max_record_bytes: int):
+    if fmt == "parquet":
+        return ParquetReader(path, chunk_rows)
+    return CsvReader(path, chunk_rows, max_record_bytes)

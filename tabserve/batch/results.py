@@ -1,0 +1,253 @@
+"""A batch's results as arrays, and the one function that turns a handler's answer into them.
+
+Every engine ends here: the TorchServe engine with an HTTP answer, the local engine and the
+Spark job with the archive's handler called in-process (`score_body`). The handler answers a
+batch client in its binary form (handler.response.BATCH_TYPE, an .npz), so no float is
+formatted or parsed per row on the way; an archive whose handler predates it answers text/csv,
+read here the old way.
+
+Runs where tabserve may not be installed (Spark executors get this file on its own): it
+imports numpy and the standard library only (pyarrow inside the functions that format text).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+BATCH_TYPE = "application/x-tabserve-npz"  # handler.response.BATCH_TYPE
+UNSEEN_HEADER = "x-tabserve-unseen"  # handler.response.UNSEEN_HEADER, in lower case
+
+
+class AnswerError(ValueError):
+    """An answer that is not what a tabserve handler sends for this batch."""
+
+
+@dataclass
+class Results:
+    """One row of results per record of a batch, in order.
+
+    `values` (n, k): probabilities per class, or the prediction (k = 1, regression); NaN where
+    the row failed. `labels` (n,): the class index, -1 where the row failed; None for a
+    regression model. `errors`: {position in the batch: message}. `unseen`: {column: count}
+    of categories training never saw, in the rows scored."""
+
+    values: np.ndarray
+    labels: np.ndarray | None
+    errors: dict[int, str] = field(default_factory=dict)
+    unseen: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @classmethod
+    def refused(cls, n: int, first_row: int, message: str, width: int, classifier: bool) -> Results:
+        """Every row of a part that could not be scored gets the reason as its error."""
+        values = np.full((n, width), np.nan)
+        labels = np.full(n, -1, dtype=np.int32) if classifier else None
+        return cls(values, labels, {i: f"row {first_row + i}: {message}" for i in range(n)})
+
+    @classmethod
+    def concat(cls, parts: Sequence[Results]) -> Results:
+        """The results of consecutive parts of one batch, as one."""
+        if len(parts) == 1:
+            return parts[0]
+        values = np.concatenate([p.values for p in parts])
+        labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])
+        errors: dict[int, str] = {}
+        unseen: dict[str, int] = {}
+        start = 0
+        for p in parts:
+            errors.update({start + i: e for i, e in p.errors.items()})
+            add_counts(unseen, p.unseen)
+            start += len(p)
+        return cls(values, labels, errors, unseen)
+
+
+def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    """Add `more` into `total` (in place); returns `total`."""
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + v
+    return total
+
+
+def unseen_counts(value: str | None) -> dict[str, int]:
+    """An UNSEEN_HEADER value as {column: count}; {} when absent or malformed: a count is a
+    report, never a reason to fail a batch."""
+    if not value:
+        return {}
+    try:
+        counts = json.loads(value)
+    except ValueError:
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {str(k): v for k, v in counts.items() if type(v) is int and v > 0}
+
+
+def read_npz(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a batch answer; AnswerError when it is not one."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # any failure to read it: the answer is not a batch answer
+        raise AnswerError(f"the answer is not a batch answer: {type(exc).__name__}: {exc}") from exc
+    if "columns" not in arrays or "values" not in arrays:
+        raise AnswerError("the answer is not a batch answer: no columns or values")
+    return arrays
+
+
+def columns_of(arrays: dict[str, np.ndarray]) -> list[str]:
+    return [str(c) for c in arrays["columns"].tolist()]
+
+
+def from_npz(data: bytes, n: int, unseen: dict[str, int] | None = None) -> Results:
+    """The results of a batch answer for `n` records; AnswerError when it holds another
+    number of rows (no row is ever paired with another's result)."""
+    arrays = read_npz(data)
+    values = arrays["values"]
+    if values.ndim != 2 or len(values) != n or values.dtype != np.float64:
+        raise AnswerError(f"the handler answered {len(values)} rows for {n}")
+    labels = arrays.get("label")
+    if labels is not None and labels.shape != (n,):
+        raise AnswerError(f"the handler answered {len(labels)} labels for {n} rows")
+    rows = arrays["error_rows"].tolist()
+    texts = arrays["error_text"].tolist()
+    if len(rows) != len(texts) or any(not 0 <= i < n for i in rows):
+        raise AnswerError("the handler's row errors do not match its rows")
+    return Results(values, labels, dict(zip(rows, texts)), dict(unseen or {}))
+
+
+def from_csv_answer(
+    text: str, n: int, columns: Sequence[str], unseen: dict[str, int] | None = None
+) -> Results:
+    """The results of a text/csv answer (an archive from before the batch answer): per-row
+    Python, as such archives were always read."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != n + 1:
+        raise AnswerError(f"the handler answered {len(lines) - 1} rows for {n}")
+    classifier = columns[0] == "label"
+    classes = [c[2:] for c in columns[1:-1]] if classifier else []
+    width = len(classes) if classifier else 1
+    values = np.full((n, width), np.nan)
+    labels = np.full(n, -1, dtype=np.int32) if classifier else None
+    errors: dict[int, str] = {}
+    index = {c: k for k, c in enumerate(classes)}
+    for i, rec in enumerate(csv.reader(lines[1:])):
+        if len(rec) != len(columns):
+            raise AnswerError(f"the handler's row {i + 1} has {len(rec)} fields for {len(columns)}")
+        if rec[-1]:
+            errors[i] = rec[-1]
+            continue
+        values[i] = [float(v) for v in rec[1 if classifier else 0 : -1]]
+        if labels is not None:
+            labels[i] = index[rec[0]]
+    return Results(values, labels, errors, dict(unseen or {}))
+
+
+def score_body(model: Any, body: bytes, n: int, first_row: int) -> tuple[int, Results | str]:
+    """The batch function of the in-process engines (local, Spark): one CSV body (the input's
+    header line, then `n` records) through the archive's own handler, as TorchServe would call
+    it. Returns (200, Results) or (status, the handler's message) when it refused the body."""
+    respond = getattr(model, "respond", None)
+    if respond is None:  # an archive from before the batch answer: text/csv
+        answer = csv_answer(model, body.decode("utf-8", "replace"), first_row)
+        accept_csv = True
+    else:
+        answer = respond(body, first_row, accept=BATCH_TYPE)
+        accept_csv = False
+    if answer.status != 200:
+        return answer.status, message_of(answer.body)
+    unseen = unseen_counts(_header(answer.headers, UNSEEN_HEADER))
+    if accept_csv or _header(answer.headers, "content-type").startswith("text/csv"):
+        text = answer.body if isinstance(answer.body, str) else answer.body.decode("utf-8")
+        columns = next(csv.reader([text.split("\n", 1)[0]]))
+        return 200, from_csv_answer(text, n, columns, unseen)
+    return 200, from_npz(answer.body, n, unseen)
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: str
+    headers: dict[str, str]
+
+
+def csv_answer(model: Any, body: str, first_row: int) -> Any:
+    """The text/csv answer of an archive's LocalModel from before the batch answer (one
+    with respond_csv, or older still, call_csv and no response headers)."""
+    respond_csv = getattr(model, "respond_csv", None)
+    if respond_csv is not None:
+        return respond_csv(body, first_row)
+    status, text = model.call_csv(body, first_row)
+    return _Answer(status, text, {})
+
+
+def message_of(body: str | bytes) -> str:
+    """The message of a handler's error answer ({"code", "type", "message"})."""
+    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
+    try:
+        return str(json.loads(text)["message"])
+    except (ValueError, KeyError, TypeError):
+        return text.strip()[:300]
+
+
+def _header(headers: dict[str, str], name: str) -> str:
+    for k, v in headers.items():
+        if k.lower() == name:
+            return v
+    return ""
+
+
+# --- text, produced once (pyarrow's C++ formats the numbers) ----------------------------------
+
+
+def quote(field: str) -> str:
+    """One CSV field, quoted when it holds a comma, a quote or a line break."""
+    if any(c in field for c in ',"\r\n'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
+def result_fields(results: Results, columns: Sequence[str]) -> list[bytes]:
+    """Each row's output fields as CSV text (`label,p_a,p_b,error` or `prediction,error`),
+    without a line end. The numbers are written by pyarrow (shortest text that reads back as
+    the same float64), labels and errors quoted as needed."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    n = len(results)
+    if n == 0:
+        return []
+    ok = np.ones(n, dtype=bool)
+    if results.errors:
+        ok[list(results.errors)] = False
+    values = results.values
+    table = pa.table(
+        [pa.array(values[:, k], mask=~ok) for k in range(values.shape[1])],
+        names=[f"c{k}" for k in range(values.shape[1])],
+    )
+    out = io.BytesIO()
+    pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    numbers = out.getvalue().split(b"\n")
+    numbers.pop()  # after the last line end
+    errors = [b""] * n
+    for i, e in results.errors.items():
+        errors[i] = quote(e).encode("utf-8")
+    if results.labels is None:
+        return list(map(b",".join, zip(numbers, errors)))
+    classes = [quote(c[2:]).encode("utf-8") for c in columns[1:-1]] + [b""]
+    labels = np.asarray(classes, dtype=object)[results.labels].tolist()  # -1: the empty label
+    return list(map(b",".join, zip(labels, numbers, errors)))
+
+
+def failed_rows(results: Results) -> Iterable[int]:
+    return results.errors.keys()

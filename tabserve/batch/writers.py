@@ -1,0 +1,330 @@
+"""Writers: every input row, in order, with its results, as CSV or Parquet.
+
+Text and Parquet are produced here, once, by pyarrow's C++ (numbers formatted, columns
+encoded); Python only joins each row's pieces. Both write to a part file beside the output,
+renamed into place when the job completes, and can say where they stand for a checkpoint:
+
+- CSV (`.csv`, `.gz`, `-` for stdout): input records keep their own text; a row that failed
+  because its record has the wrong number of fields keeps that text, quoted, in the first
+  column. A checkpoint is a byte offset: --resume truncates OUTPUT.part there.
+- Parquet (`.parquet`, or `--format parquet`, also to stdout): every input column keeps its
+  type (a CSV input's columns are text, as read), then `label` (string), `p_<class>`
+  (float64) or `prediction` (float64), and `error` (string, null when the row scored). The part
+  is a folder of complete Parquet files (segments, each closed with its footer at a
+  checkpoint); --resume keeps the segments the checkpoint counts, and the job ends by copying
+  the segments' row groups into OUTPUT.
+
+Adding a writer: a class with `start`, `write`, `position`, `commit`, `abandon`, and an entry
+in WRITERS.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..csvio import OutputFile
+from ..errors import ConfigError, OutputError
+from .readers import Batch, table_lines
+from .results import Results, quote, result_fields
+
+# Rows per Parquet row group (a batch's rows are gathered up to this many before one is
+# written): big enough for columnar reads to pay off, small enough to bound memory.
+ROW_GROUP_ROWS = 128 * 1024
+
+
+def _field_count(record: bytes) -> int:
+    if b'"' not in record:
+        return record.count(b",") + 1
+    return len(next(csv.reader([record.decode("utf-8")]), []))
+
+
+class CsvWriter:
+    """CSV out: each input row's text, then its result fields."""
+
+    kind = "csv"
+    checkpoint_seconds = 1.0
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.out: OutputFile | None = None
+        self.written = 0
+        self.width = 0
+        self.columns: list[str] = []
+        self.input_names: list[str] = []
+
+    def start(self, input_names: list[str], header: bytes, columns: list[str], resume: dict | None) -> None:
+        self.width = len(input_names)
+        self.columns = columns
+        self.input_names = input_names
+        self.out = OutputFile(self.path, None if resume is None else resume["bytes"])
+        if resume is None:
+            self.written = self.out.write_block(
+                header + b"," + ",".join(map(quote, columns)).encode() + b"\n"
+            )
+        else:
+            self.written = resume["bytes"]
+
+    def write(self, batch: Batch, results: Results) -> None:
+        assert self.out is not None
+        fields = result_fields(results, self.columns)
+        if batch.records is not None:
+            rows = batch.records
+            if results.errors:
+                rows = list(rows)
+                pad = b"," * (self.width - 1)
+                for i in results.errors:
+                    if _field_count(rows[i]) != self.width:
+                        rows[i] = quote(rows[i].decode("utf-8")).encode("utf-8") + pad
+        else:
+            rows = table_lines(batch.table)
+        lines = list(map(b",".join, zip(rows, fields)))
+        if lines:
+            self.written = self.out.write_block(b"\n".join(lines) + b"\n")
+
+    def position(self) -> dict[str, int]:
+        return {"bytes": self.written}
+
+    def ready(self) -> bool:
+        """Whether a checkpoint now would be a true one (always, for CSV)."""
+        return True
+
+    def commit(self) -> None:
+        assert self.out is not None
+        self.out.commit()
+
+    def abandon(self) -> None:
+        if self.out is not None:
+            self.out.abandon()
+
+    def discard(self) -> None:
+        """Remove the partial output (a job that wrote no batch leaves none)."""
+        if self.out is not None and self.out.part is not None:
+            self.out.abandon()
+            self.out.part.unlink(missing_ok=True)
+
+
+class ParquetWriter:
+    """Parquet out, typed columns, resumable by segment (see the module's description)."""
+
+    kind = "parquet"
+    checkpoint_seconds = 10.0  # each checkpoint closes a segment: fewer, larger files
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stdout = path == "-"
+        self.part = None if self.stdout else Path(path + ".part")
+        self.segment = 0  # segments closed so far
+        self.writer: Any = None
+        self.schema: Any = None
+        self.pending: list[Any] = []
+        self.pending_rows = 0
+        self.columns: list[str] = []
+        self.input_names: list[str] = []
+
+    def start(self, input_names: list[str], header: bytes, columns: list[str], resume: dict | None) -> None:
+        self.columns = columns
+        self.input_names = input_names
+        if self.part is None:
+            return
+        if resume is None:
+            if self.part.is_file() or self.part.is_symlink():
+                self.part.unlink()
+            shutil.rmtree(self.part, ignore_errors=True)
+            try:
+                self.part.mkdir()
+            except OSError as exc:
+                raise OutputError(f"cannot write {self.part}: {exc.strerror}") from exc
+            return
+        self.segment = resume["segments"]
+        if not self.part.is_dir():
+            raise ConfigError(f"cannot resume: {self.part} is missing")
+        for f in self.part.iterdir():
+            if not f.name.endswith(".parquet") or int(f.stem) >= self.segment:
+                f.unlink()  # written after the checkpoint, or a footer-less one of a killed job
+        for k in range(self.segment):
+            if not self._segment(k).is_file():
+                raise ConfigError(f"cannot resume: {self._segment(k)} is missing")
+
+    def _segment(self, k: int) -> Path:
+        assert self.part is not None
+        return self.part / f"{k:06d}.parquet"
+
+    def _schema(self, batch: Batch, results: Results) -> Any:
+        import pyarrow as pa
+
+        if batch.table is not None:
+            fields = list(batch.table.schema)
+        else:
+            fields = [pa.field(n, pa.string()) for n in self.input_names]
+        if results.labels is not None:
+            fields.append(pa.field("label", pa.string()))
+            fields += [pa.field(c, pa.float64()) for c in self.columns[1:-1]]
+        else:
+            fields.append(pa.field("prediction", pa.float64()))
+        fields.append(pa.field("error", pa.string()))
+        return pa.schema(fields)
+
+    def _table(self, batch: Batch, results: Results) -> Any:
+        import pyarrow as pa
+
+        if batch.table is not None:
+            inputs = list(batch.table.columns)
+        else:
+            inputs = _csv_columns(batch.records or [], len(self.input_names))
+        n = len(results)
+        ok = np.ones(n, dtype=bool)
+        if results.errors:
+            ok[list(results.errors)] = False
+        out = list(inputs)
+        if results.labels is not None:
+            classes = np.asarray([c[2:] for c in self.columns[1:-1]] + [None], dtype=object)
+            out.append(pa.array(classes[results.labels], type=pa.string()))
+        out += [pa.array(results.values[:, k], mask=~ok) for k in range(results.values.shape[1])]
+        errors = np.full(n, None, dtype=object)
+        for i, e in results.errors.items():
+            errors[i] = e
+        out.append(pa.array(errors, type=pa.string()))
+        if self.schema is None:
+            self.schema = self._schema(batch, results)
+        return pa.Table.from_arrays(out, schema=self.schema)
+
+    def write(self, batch: Batch, results: Results) -> None:
+        self.pending.append(self._table(batch, results))
+        self.pending_rows += len(results)
+        if self.pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        self.pending, self.pending_rows = [], 0
+        try:
+            if self.writer is None:
+                sink = sys.stdout.buffer if self.stdout else str(self._segment(self.segment))
+                self.writer = pq.ParquetWriter(sink, table.schema)
+            self.writer.write_table(table, row_group_size=max(len(table), 1))
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.part or 'stdout'}: {exc}") from exc
+
+    def _close_segment(self) -> None:
+        self._flush()
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError as exc:
+                raise OutputError(f"cannot write {self.part or 'stdout'}: {exc}") from exc
+            self.writer = None
+            self.segment += 1
+
+    def ready(self) -> bool:
+        """Close the current segment so that a checkpoint now is a true one."""
+        if self.stdout:
+            return True
+        self._close_segment()
+        return True
+
+    def position(self) -> dict[str, int]:
+        return {"segments": self.segment}
+
+    def commit(self) -> None:
+        import pyarrow.parquet as pq
+
+        if self.stdout:
+            if self.writer is None and self.schema is not None:
+                self._flush()
+            self._close_segment()
+            sys.stdout.buffer.flush()
+            return
+        self._close_segment()
+        assert self.part is not None
+        segments = [self._segment(k) for k in range(self.segment)]
+        try:
+            if not segments:  # no rows: a file with the columns and no row group
+                self._empty(self.part / "empty.parquet")
+                segments = [self.part / "empty.parquet"]
+            if len(segments) == 1:
+                os.replace(segments[0], self.path)
+            else:
+                merged = self.part / "merged.parquet"
+                first = pq.ParquetFile(segments[0])
+                with pq.ParquetWriter(str(merged), first.schema_arrow) as w:
+                    for seg in segments:
+                        f = pq.ParquetFile(seg)
+                        for g in range(f.num_row_groups):
+                            w.write_table(f.read_row_group(g), row_group_size=ROW_GROUP_ROWS)
+                        f.close()
+                os.replace(merged, self.path)
+            shutil.rmtree(self.part, ignore_errors=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc}") from exc
+
+    def _empty(self, where: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fields = [pa.field(n, pa.string()) for n in self.input_names]
+        if self.columns and self.columns[0] == "label":
+            fields += [pa.field("label", pa.string())] + [
+                pa.field(c, pa.float64()) for c in self.columns[1:-1]
+            ]
+        else:
+            fields.append(pa.field("prediction", pa.float64()))
+        fields.append(pa.field("error", pa.string()))
+        schema = self.schema or pa.schema(fields)
+        pq.write_table(schema.empty_table(), str(where))
+
+    def abandon(self) -> None:
+        """Close the open segment: its rows stay on disk, though the checkpoint may not count
+        them (then --resume removes it)."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:
+                pass
+            self.writer = None
+
+    def discard(self) -> None:
+        self.abandon()
+        if self.part is not None:
+            shutil.rmtree(self.part, ignore_errors=True)
+
+
+def _csv_columns(records: list[bytes], width: int) -> list[Any]:
+    """A CSV input's records as `width` string columns (the csv module's reading, as the
+    handler's); a record with another number of fields keeps its text in the first column."""
+    import pyarrow as pa
+
+    text = b"\n".join(records).decode("utf-8")
+    rows = list(csv.reader(text.split("\n"))) if '"' not in text else None
+    if rows is None or len(rows) != len(records):
+        rows = [next(csv.reader([r.decode("utf-8")]), []) for r in records]
+    cols: list[list[str | None]] = [[] for _ in range(width)]
+    for rec, row in zip(records, rows):
+        if len(row) != width:
+            row = [rec.decode("utf-8")] + [None] * (width - 1)
+        for j in range(width):
+            cols[j].append(row[j])
+    return [pa.array(c, type=pa.string()) for c in cols]
+
+
+WRITERS = {"csv": CsvWriter, "parquet": ParquetWriter}
+
+
+def output_format(path: str, given: str | None = None) -> str:
+    """The output's format: --format, else the file's extension, else CSV."""
+    if given:
+        if given not in WRITERS:
+            raise ConfigError(f"--format must be one of {', '.join(WRITERS)}, got {given!r}")
+        return given
+    return "parquet" if path.lower().endswith((".parquet", ".pq")) else "csv"
