@@ -24,7 +24,7 @@ import torch
 
 from .columns import Encoder
 from .predictor import Predictor, pick_device
-from .response import BATCH_TYPE, UNSEEN_HEADER, error_body, to_csv, to_json, to_npz
+from .response import BATCH_TYPE, UNSEEN_HEADER, error_body, to_batch, to_csv, to_json
 from .rows import (
     CSV_HEADER_HEADER,
     FIRST_ROW_HEADER,
@@ -85,7 +85,7 @@ class _Request:
     idx: int
     rows: Rows
     first_row: int
-    answer: str  # "json", "csv" or "npz" (BATCH_TYPE), from the Accept header
+    answer: str  # "json", "csv" or "batch" (BATCH_TYPE), from the Accept header
     chunk: bool = False  # a batch job's chunk (it numbers its rows): never pooled
 
 
@@ -164,7 +164,7 @@ class TabularHandler:
         first_row = _first_row(headers.get(FIRST_ROW_HEADER.lower()))
         rows = _decode(_body(request, ctype), ctype, self.predictor.encoder, first_row, self.limits, forced)
         accept = headers.get("accept", "").split(";")[0].strip().lower()
-        answer = "csv" if accept in CSV_ACCEPT else "npz" if accept == BATCH_TYPE else "json"
+        answer = "csv" if accept in CSV_ACCEPT else "batch" if accept == BATCH_TYPE else "json"
         chunk = FIRST_ROW_HEADER.lower() in headers
         return _Request(idx, rows, first_row, answer, chunk)
 
@@ -195,7 +195,7 @@ class TabularHandler:
         for d in decoded:
             try:
                 probs, errors = results.get(d.idx) or self.predictor.predict_rows(d.rows, d.first_row)
-                failed = sum(e is not None for e in errors)
+                failed = len(errors) - errors.count(None)
                 answers[d.idx] = self._encode(context, d, probs, errors)
                 predicted_rows += len(errors) - failed
                 rejected_rows += failed
@@ -238,8 +238,8 @@ class TabularHandler:
     def _encode(self, context: Any, d: _Request, probs: np.ndarray, errors: list[str | None]) -> str | bytes:
         classes = self.predictor.classes
         body: str | bytes
-        if d.answer == "npz":
-            body, ctype = to_npz(probs, errors, classes), BATCH_TYPE
+        if d.answer == "batch":
+            body, ctype = to_batch(probs, errors, classes), BATCH_TYPE
         elif d.answer == "csv":
             body, ctype = to_csv(probs, errors, classes), "text/csv; charset=utf-8"
         else:

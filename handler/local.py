@@ -1,5 +1,6 @@
 """Running the handler outside TorchServe (the local and Spark engines): the small part of
-TorchServe's Context that entry.py uses, and the CSV-in, CSV-out call around it.
+TorchServe's Context that entry.py uses, and the call that sends it one request as
+TorchServe would (respond), so that these engines run the very code path TorchServe runs.
 
 Lives in the archive with the handler, so whatever unpacks a .mar can score with its own code.
 """
@@ -118,29 +119,8 @@ class LocalModel:
 
 
 def _read_model_config(path: Path) -> dict[str, Any]:
-    """model-config.yaml with PyYAML when it is there, else the flat subset tabserve writes."""
-    try:
-        import yaml
+    """model-config.yaml, read as TorchServe reads it: with PyYAML, which every place that
+    runs TorchServe or tabserve has (TorchServe imports it; tabserve depends on it)."""
+    import yaml
 
-        return yaml.safe_load(path.read_text()) or {}
-    except ImportError:
-        pass
-    config: dict[str, Any] = {}
-    section: dict[str, Any] | None = None
-    for raw in path.read_text().splitlines():
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        key, _, value = raw.strip().partition(":")
-        value = value.strip()
-        target = section if raw.startswith((" ", "\t")) and section is not None else config
-        if not value:
-            section = config.setdefault(key, {})
-            continue
-        try:
-            target[key] = int(value)
-        except ValueError:
-            try:
-                target[key] = float(value)
-            except ValueError:
-                target[key] = value
-    return config
+    return yaml.safe_load(path.read_text()) or {}

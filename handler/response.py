@@ -11,15 +11,12 @@ from typing import Any
 
 import numpy as np
 
-# The batch answer (Accept: BATCH_TYPE): an .npz archive (numpy's own format, read with
-# allow_pickle=False) instead of text, so that no float is formatted or parsed per row:
-#   columns     str (k + 2,)  the output columns (label, p_<class>..., error / prediction, error)
-#   values      float64 (n, k) probabilities per class (regression: the prediction), NaN where
-#               the row failed
-#   label       int32 (n,)   the predicted class's index, -1 where the row failed (classifiers)
-#   error_rows  int64 (m,)   positions (0-based, in the body) of the rows that failed
-#   error_text  str (m,)     their messages
-BATCH_TYPE = "application/x-tabserve-npz"
+# The batch answer (Accept: BATCH_TYPE), so that no float is formatted or parsed per row:
+# an .npy array (numpy's own format, read with allow_pickle=False) of float64, shape (n, k):
+# each row's probabilities per class (regression: k = 1, the prediction), NaN where the row
+# failed; then, right after it, a UTF-8 JSON object {"columns": [the output columns],
+# "errors": [[position of the row in the body (from 0), message], ...]}.
+BATCH_TYPE = "application/x-tabserve-npy"
 
 # Response header: {"column": count} of the categories in a request that training never saw
 # (set by entry.py, added up by the batch engines).
@@ -99,26 +96,18 @@ def to_csv(
     return "\n".join(lines) + "\n"
 
 
-def to_npz(probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str]) -> bytes:
+def to_batch(probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str]) -> bytes:
     """The batch answer (BATCH_TYPE): see its description above."""
     import io
 
-    values = np.asarray(probs, dtype=np.float64).reshape(len(errors), -1).copy()
-    failed = [i for i, e in enumerate(errors) if e is not None]
-    arrays: dict[str, np.ndarray] = {
-        "columns": np.asarray(output_columns(classes), dtype=str),
-        "error_rows": np.asarray(failed, dtype=np.int64),
-        "error_text": np.asarray([errors[i] for i in failed] or [""][:0], dtype=str),
-    }
+    values = np.array(probs, dtype=np.float64).reshape(len(errors), len(classes) or 1)
+    failed = [] if errors.count(None) == len(errors) else [i for i, e in enumerate(errors) if e is not None]
     if failed:
         values[failed] = np.nan
-    arrays["values"] = values
-    if classes:
-        label = values.argmax(axis=1).astype(np.int32) if len(values) else np.zeros(0, np.int32)
-        label[failed] = -1
-        arrays["label"] = label
     out = io.BytesIO()
-    np.savez(out, **arrays)
+    np.lib.format.write_array(out, values, allow_pickle=False)
+    trailer = {"columns": output_columns(classes), "errors": [[i, errors[i]] for i in failed]}
+    out.write(json.dumps(trailer, separators=(",", ":")).encode("utf-8"))
     return out.getvalue()
 
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -99,7 +101,10 @@ class Rows:
     @property
     def ok(self) -> np.ndarray:
         """Boolean mask of the rows that can be predicted."""
-        return np.fromiter((e is None for e in self.errors), dtype=bool, count=len(self.errors))
+        n = len(self.errors)
+        if self.errors.count(None) == n:  # the common case, counted in C
+            return np.ones(n, dtype=bool)
+        return np.fromiter(map(operator.is_, self.errors, repeat(None)), dtype=bool, count=n)
 
 
 Spec = Encoder | Sequence[str]
@@ -508,7 +513,7 @@ def _from_plain_csv(
         return Rows(np.zeros((0, len(features))), [])
     if len(lines) > limits.max_rows:
         return None
-    if any(line.count(",") != commas for line in lines):
+    if any(n != commas for n in set(map(str.count, lines, repeat(",")))):  # counted in C
         return None
     if max(map(len, lines)) > limits.max_field_bytes:
         return None

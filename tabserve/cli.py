@@ -615,13 +615,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("INPUT_FORMAT", None),
         help="the input's format (default: from its extension, as --format)",
     )
+    from .batch.engines import ENGINES
+
     sc.add_argument(
         "--engine",
-        choices=("torchserve", "local", "spark"),
+        choices=tuple(ENGINES),
         default=env("ENGINE", "torchserve"),
-        help="torchserve (default): through TorchServe; local: the archive's handler "
-        "in worker processes, no server; spark: the archive's handler on Spark executors "
-        "(OUTPUT is a folder of part files)",
+        help="; ".join(f"{name}: {spec.summary}" for name, spec in ENGINES.items())
+        + " (default: torchserve)",
     )
     sc.add_argument(
         "--master",

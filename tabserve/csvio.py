@@ -216,13 +216,15 @@ class RecordReader:
             start = self._pos
             part = self._records[start : start + n - len(out)]
             if max_bytes is not None:
-                sizes = list(accumulate(len(r) + 1 for r in part))
-                if sizes and size + sizes[-1] >= max_bytes:
+                total = sum(map(len, part)) + len(part)  # each record and its newline
+                if part and size + total >= max_bytes:
+                    sizes = list(accumulate(len(r) + 1 for r in part))
                     # End the chunk with the record that reaches the budget.
                     cut = next(i for i, s in enumerate(sizes) if size + s >= max_bytes) + 1
                     part = part[:cut]
                     n = len(out) + cut
-                size += sizes[len(part) - 1] if part else 0
+                    total = sizes[cut - 1]
+                size += total
             self._pos += len(part)
             if self._oversized:
                 bad.extend(len(out) + i - start for i in self._oversized if start <= i < self._pos)
@@ -283,6 +285,17 @@ def clean_records(records: list[bytes]) -> list[bytes]:
     return records
 
 
+_BLANK = re.compile(rb"(?:^|\n)[ \t\r\f\v]*(?:\n|$)")
+
+
+def _has_blank(lines: list, raw: bool) -> bool:
+    """Whether any record is empty or only whitespace (one regular-expression scan in C for
+    raw records)."""
+    if raw:
+        return _BLANK.search(b"\n".join(lines)) is not None
+    return any(not line or line.isspace() for line in lines)
+
+
 def chunks(
     reader: RecordReader,
     chunk_rows: int,
@@ -300,7 +313,7 @@ def chunks(
         if not lines:
             return
         blanks = 0
-        if any(not line or line.isspace() for line in lines):
+        if _has_blank(lines, raw):
             keep = [i for i, line in enumerate(lines) if line and not line.isspace()]
             blanks = len(lines) - len(keep)
             if bad:

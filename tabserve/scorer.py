@@ -74,7 +74,7 @@ class ScoreConfig:
             raise ConfigError("--resume needs a file for both input and output, not - (stdin/stdout)")
         if self.token and self.token_file:
             raise ConfigError("give --token or --token-file, not both")
-        if self.engine not in ENGINES:
+        if self.engine not in ENGINES:  # the registry: tabserve.batch.engines
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine != "torchserve" and self.url:
             raise ConfigError(f"--url applies to --engine torchserve, not {self.engine}")

@@ -42,6 +42,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.properties"
 STATE_FILE = "server.json"
 LOG_TAIL = 3000
+# How often a starting server is asked whether it answers: the wait for it ends at most this
+# long after it does.
+READY_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -408,7 +411,7 @@ class TorchServe:
             try:
                 headers = self.headers()  # the key file appears (and is filled) during start-up
             except ServerError:
-                time.sleep(0.2)
+                time.sleep(READY_POLL_SECONDS)
                 continue
             try:
                 if samples[model] is None:
@@ -427,7 +430,7 @@ class TorchServe:
                     continue
             except (requests.RequestException, ValueError):
                 pass
-            time.sleep(0.2)
+            time.sleep(READY_POLL_SECONDS)
         return time.monotonic() - t0
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -15,12 +15,27 @@ part-00000 starts with the header.
 Each record is one physical line (Spark's text reader splits at every newline: quoted fields
 with newlines are not supported here; the local and TorchServe engines support them). Lines
 equal to the header are headers (as Spark's CSV reader treats them); blank lines are skipped.
+
+Each partition is scored in chunks of --chunk-rows through tabserve.batch.results.score_body
+(the archive's handler, as --engine local calls it) and written with its render_rows, inside
+the same containment rule as tabserve.batch.pipeline.score_contained: a chunk that fails is
+split in halves until the rows that cause it are found. So a part file holds the bytes
+--engine local writes for the same rows (the probabilities' last bits can differ where the
+chunks do: a float32 matmul's last bits depend on the batch).
+
+The driver ships tabserve/batch/results.py to the executors (addPyFile, as the module
+`tabserve_batch_results`), so they need no tabserve installation either; it comes from the
+installed tabserve or, where there is none, from beside this file (tabserve/batch/results.py).
+The executors' Python needs torch, numpy and pyarrow (pyarrow formats the numbers; pyspark's
+Arrow support needs it anyway).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -29,7 +44,12 @@ from typing import Any, NamedTuple
 
 from pyspark.accumulators import AccumulatorParam
 
-_models: dict[str, object] = {}
+# The name under which the driver ships tabserve/batch/results.py to the executors: a
+# top-level module name that no other package is likely to use.
+RESULTS_MODULE = "tabserve_batch_results"
+
+_models: dict[str, Any] = {}
+_shipped: dict[str, Path] = {}  # Spark application id -> the copy of results.py it was given
 
 
 class SparkJobError(Exception):
@@ -60,9 +80,10 @@ def _add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
     return total
 
 
-def _model(mar_name: str):
-    """The archive's handler, unpacked once per Python worker. (tabserve.engines has the same
-    loader; this module must run where tabserve is not installed, so it keeps its own.)"""
+def _model(mar_name: str) -> Any:
+    """The archive's LocalModel, unpacked once per Python worker. (tabserve.batch.engines.local
+    has the same loader; this module must run where tabserve is not installed, so it keeps its
+    own.)"""
     if mar_name not in _models:
         import importlib
         import importlib.util
@@ -81,18 +102,73 @@ def _model(mar_name: str):
         sys.modules[name] = package
         spec.loader.exec_module(package)
         local = importlib.import_module(f"{name}.local")
-        response = importlib.import_module(f"{name}.response")
-        _models[mar_name] = (local.LocalModel(into), response)
+        _models[mar_name] = local.LocalModel(into)
     return _models[mar_name]
 
 
-def _answer(model: Any, body: str, first: int) -> tuple[int, str, dict[str, int]]:
-    """(status, answer, unseen categories) of the archive's handler for one text/csv body."""
-    respond = getattr(model, "respond_csv", None)
-    if respond is None:  # an archive from before the handler reported unseen categories
-        return (*model.call_csv(body, first), {})
-    answer = respond(body, first)
-    return answer.status, answer.body, answer.unseen
+def _results() -> Any:
+    """tabserve.batch.results on an executor: the installed one, else the copy the driver
+    shipped (ship_results)."""
+    try:
+        from tabserve.batch import results
+    except ImportError:
+        import importlib
+
+        results = importlib.import_module(RESULTS_MODULE)
+    return results
+
+
+def results_source() -> Path:
+    """tabserve/batch/results.py on the driver: the installed tabserve's, else the one beside
+    this file in a source tree."""
+    try:
+        from tabserve.batch import results
+
+        return Path(results.__file__)
+    except ImportError:
+        pass
+    beside = Path(__file__).resolve().parent / "batch" / "results.py"
+    if not beside.is_file():
+        raise SparkJobError(
+            f"cannot find tabserve/batch/results.py (not installed, not at {beside}): the "
+            "executors score with it; install tabserve or submit this file from a tabserve source tree"
+        )
+    return beside
+
+
+def ship_results(sc: Any) -> None:
+    """Send results.py to the executors as RESULTS_MODULE (a copy in a private temporary
+    folder, kept until this process ends: the executors fetch it when their tasks start, and
+    Spark refuses a second file of one name from another path, so each application gets one)."""
+    app = sc.applicationId
+    if app in _shipped:
+        return
+    source = results_source()
+    folder = Path(tempfile.mkdtemp(prefix="tabserve-spark-driver-"))
+    atexit.register(shutil.rmtree, folder, True)
+    copy = folder / f"{RESULTS_MODULE}.py"
+    shutil.copyfile(source, copy)
+    sc.addPyFile(str(copy))
+    _shipped[app] = copy
+
+
+class _Refused(Exception):
+    """The handler refused a chunk as a whole (its message)."""
+
+
+def _field_count(record: str) -> int:
+    """Fields in one CSV record (as tabserve.batch.writers counts them), whatever their
+    length: the csv module's field limit is raised for the count only (the handler in this
+    worker reads its own limit from it)."""
+    if '"' not in record:
+        return record.count(",") + 1
+    import csv
+
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(record) + 1))
+    try:
+        return len(next(csv.reader([record]), []))
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _score_partition(
@@ -100,52 +176,83 @@ def _score_partition(
     header: str,
     width: int,
     chunk_rows: int,
-    columns: str,
+    columns: list[str],
     counted_rows,
     counted_errors,
     counted_unseen,
 ):
+    classifier = columns[0] == "label"
+    n_values = len(columns) - 2 if classifier else 1
+    header_bytes = header.encode("utf-8")
+
     def run(index: int, rows):
-        model, response = _model(mar_name)
+        results = _results()
+        model = _model(mar_name)
         if index == 0:
-            yield header + "," + columns
-        batch: list[tuple[str, int]] = []
-        unseen: dict[str, int] = {}
+            yield header + "," + ",".join(map(results.quote, columns))
 
-        def score(lines, first: int, depth: int) -> list[str]:
-            status, out, counts = _answer(model, header + "\n" + "\n".join(lines) + "\n", first)
+        def call(lines: list[str], first: int) -> Any:
+            """Results for these records, or an exception, with --engine local's messages
+            (tabserve.batch.engines.local.LocalEngine)."""
+            body = b"\n".join([header_bytes, *(line.encode("utf-8") for line in lines)]) + b"\n"
+            try:
+                status, out = results.score_body(model, body, len(lines), first)
+            except results.AnswerError as exc:
+                raise RuntimeError(f"the archive's handler, batch starting at row {first}: {exc}") from exc
+            except Exception as exc:  # the handler failed on this body: the chunk's failure
+                raise RuntimeError(
+                    f"the model's handler failed on the batch starting at row {first}: "
+                    f"{type(exc).__name__}: {str(exc)[:300]}"
+                ) from exc
             if status != 200:
-                raise ValueError(json.loads(out)["message"])
-            # Each record here is one physical line: a line with an unbalanced quote makes
-            # the handler's csv reading join lines, and so answer fewer rows; splitting the
-            # chunk then leaves that line alone with its error.
-            results = response.result_lines(out, len(lines))
-            # Counted only for an answer whose lines are kept (contained_results keeps every
-            # list returned and splits only on raising), so a split chunk counts each row once.
-            _add_counts(unseen, counts)
-            return results
+                raise _Refused(str(out))
+            return out
 
-        def flush():
+        def contained(lines: list[str], first: int) -> Any:
+            """tabserve.batch.pipeline.score_contained's rule: a chunk that fails in any way
+            is split in halves, recursively, and a single row that still fails gets the
+            reason as its error. Only the answers kept count their unseen categories. Each
+            record here is one physical line: a line with an unbalanced quote makes the
+            handler's CSV reading join lines, and so answer fewer rows; splitting then
+            leaves that line alone with its error."""
+            try:
+                return call(lines, first)
+            except Exception as exc:  # the boundary: any failure is these rows' own
+                if len(lines) == 1:
+                    reason = f"chunk refused: {exc}" if str(exc) else f"chunk refused: {type(exc).__name__}"
+                    return results.Results.refused(1, first, reason, n_values, classifier)
+                mid = len(lines) // 2
+                return results.Results.concat(
+                    [contained(lines[:mid], first), contained(lines[mid:], first + mid)]
+                )
+
+        def flush(batch: list[tuple[str, int]]) -> str:
             lines = [line for line, _ in batch]
-            first = batch[0][1] + 1
-            results = response.contained_results(score, lines, first, columns.count(",") - 1)
-            block, failed = response.merge_rows(lines, results, width)
+            scored = contained(lines, batch[0][1] + 1)
+            records = [line.encode("utf-8") for line in lines]
+            if scored.errors:  # a failed record with another number of fields: as CsvWriter
+                pad = b"," * (width - 1)
+                for i in scored.errors:
+                    if _field_count(lines[i]) != width:
+                        records[i] = results.quote(lines[i]).encode("utf-8") + pad
+            # The lines tabserve.batch.writers.CsvWriter writes, by the same function.
+            block = results.render_rows(records, scored, columns).decode("utf-8")
             # Accumulators updated in a transformation count again if Spark runs the task again
             # (a lost executor, speculation); the rows and errors have the same caveat.
             counted_rows.add(len(lines))
-            counted_errors.add(failed)
-            if unseen:
-                counted_unseen.add(dict(unseen))
-                unseen.clear()
-            return block.split("\n")[:-1]
+            counted_errors.add(len(scored.errors))
+            if scored.unseen:
+                counted_unseen.add(dict(scored.unseen))
+            return block[:-1]  # one element per chunk: saveAsTextFile ends it with a line end
 
+        batch: list[tuple[str, int]] = []
         for line, row_index in rows:
             batch.append((line, row_index))
             if len(batch) == chunk_rows:
-                yield from flush()
+                yield flush(batch)
                 batch = []
         if batch:
-            yield from flush()
+            yield flush(batch)
 
     return run
 
@@ -185,12 +292,6 @@ def archive_schema(mar: Path) -> tuple[list[str], list[str]]:
     return schema["features"], output_columns(schema)
 
 
-def _quote(field: str) -> str:
-    if any(c in field for c in ',"'):
-        return '"' + field.replace('"', '""') + '"'
-    return field
-
-
 def output_columns(schema: dict[str, Any]) -> list[str]:
     """handler.response.output_columns for a schema.json (this module runs without tabserve):
     label, p_<class>..., error; for a regression model (no classes) prediction, error."""
@@ -224,9 +325,9 @@ def run(
     twice = [f for f in features if names.count(f) > 1]
     if twice:  # as handler.rows.check_header_names
         raise SparkJobError(f"CSV header has feature column(s) {', '.join(map(repr, twice))} more than once")
-    columns = ",".join(_quote(c) for c in out_columns)  # class labels are any text but a line break
     sc = spark.sparkContext
     sc.addFile(str(mar))
+    ship_results(sc)
     if partitions:
         # Split the input into about N partitions without a shuffle, which keeps the order.
         jvm = sc._jvm
@@ -234,11 +335,12 @@ def run(
         size = hpath.getFileSystem(sc._jsc.hadoopConfiguration()).getContentSummary(hpath).getLength()
         spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(size // partitions + 1, 1 << 16)))
     lines = spark.read.text(input_path).rdd.map(lambda r: r[0].rstrip("\r"))
-    data = lines.filter(lambda line: line.strip() != "" and line.lstrip("\ufeff") != header)
+    # Blank lines as the other engines read them (only ASCII whitespace), and repeated headers.
+    data = lines.filter(lambda line: line.strip(" \t\r\f\v") != "" and line.lstrip("\ufeff") != header)
     indexed = data.zipWithIndex()  # global data-row numbers, as the other engines count them
     rows, errors, unseen = sc.accumulator(0), sc.accumulator(0), sc.accumulator({}, CountsParam())
     out = indexed.mapPartitionsWithIndex(
-        _score_partition(mar.name, header, len(names), chunk_rows, columns, rows, errors, unseen)
+        _score_partition(mar.name, header, len(names), chunk_rows, out_columns, rows, errors, unseen)
     )
     out.saveAsTextFile(output)
     return SparkResult(rows.value, errors.value, dict(unseen.value))

@@ -124,12 +124,16 @@ def run(
     classifier = columns[0] == "label"
     width = len(columns) - 2 if classifier else 1
     pool = ThreadPoolExecutor(options.workers, thread_name_prefix="tabserve-score")
-    inflight: deque[tuple[Batch, Future[Results]]] = deque()
+    inflight: deque[tuple[Batch, Future[tuple[Results, Any]]]] = deque()
+
+    def score_and_render(batch: Batch) -> tuple[Results, Any]:
+        results = score_batch(engine, batch, width, classifier, options.max_record_bytes)
+        return results, writer.render(batch, results)
 
     def write_oldest() -> None:
         batch, future = inflight.popleft()
-        results = future.result()
-        writer.write(batch, results)
+        results, rendered = future.result()
+        writer.write(rendered)
         totals.rows += batch.n
         totals.errors += len(results.errors)
         totals.blank_lines += batch.blank_lines
@@ -146,7 +150,7 @@ def run(
 
     try:
         for batch in batches:
-            future = pool.submit(score_batch, engine, batch, width, classifier, options.max_record_bytes)
+            future = pool.submit(score_and_render, batch)
             inflight.append((batch, future))
             while len(inflight) >= 2 * options.workers:
                 write_oldest()

@@ -192,23 +192,27 @@ def _header_line(names: list[str]) -> bytes:
 
 
 def csv_text(table: Any) -> bytes:
-    """Rows of a RecordBatch as CSV text without a header (table_lines, each ending in a
-    line end)."""
-    lines = table_lines(table)
-    return b"\n".join(lines) + b"\n" if lines else b""
-
-
-def table_lines(table: Any) -> list[bytes]:
-    """Each row of a RecordBatch as one CSV record (no line end), as a handler reads it:
-    numbers in pyarrow's shortest exact text, nulls empty, text quoted only where it must be.
-    Done column by column in pyarrow's C++. A column pyarrow cannot turn into text (lists,
-    structs, maps) gives each value's JSON text, which the handler names as that row's bad
-    value."""
+    """Rows of a RecordBatch as CSV text without a header, each ending in a line end."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if table.num_rows == 0:
-        return []
+        return b""
+    lines = table_lines(table)
+    whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines), b"\n")
+    return whole[0].as_py() + b"\n"
+
+
+def table_lines(table: Any) -> Any:
+    """Each row of a RecordBatch as one CSV record (no line end), as a pyarrow binary array,
+    as a handler reads it: numbers in pyarrow's shortest exact text, nulls empty, text quoted
+    only where it must be. Done column by column in pyarrow's C++ (no Python object per row).
+    A column pyarrow cannot turn into text (lists, structs, maps) or that may hold invalid
+    UTF-8 (binary) gives each value's JSON text, which the handler names as that row's bad
+    value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     texts = []
     for col in table.columns:
         t = col.type
@@ -221,14 +225,15 @@ def table_lines(table: Any) -> list[bytes]:
                 col = pc.cast(col, pa.string())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 col = pa.array([_text(v) for v in col.to_pylist()], type=pa.string())
-        else:
+        elif table.num_rows:
             special = pc.match_substring_regex(col, '[",\r\n]')
             if pc.any(special).as_py():
                 quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
                 col = pc.if_else(special, quoted, col)
-        texts.append(pc.fill_null(col, ""))
-    joined = texts[0] if len(texts) == 1 else pc.binary_join_element_wise(*texts, ",")
-    return pc.cast(joined, pa.binary()).to_pylist()
+        texts.append(pc.cast(pc.fill_null(col, ""), pa.binary()))
+    if not texts:
+        return pa.array([b""] * table.num_rows, pa.binary())
+    return texts[0] if len(texts) == 1 else pc.binary_join_element_wise(*texts, b",")
 
 
 def _python_text(t: Any) -> bool:

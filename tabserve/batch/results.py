@@ -2,9 +2,10 @@
 
 Every engine ends here: the TorchServe engine with an HTTP answer, the local engine and the
 Spark job with the archive's handler called in-process (`score_body`). The handler answers a
-batch client in its binary form (handler.response.BATCH_TYPE, an .npz), so no float is
-formatted or parsed per row on the way; an archive whose handler predates it answers text/csv,
-read here the old way.
+batch client in its binary form (handler.response.BATCH_TYPE: an .npy array of the numbers,
+then a JSON trailer with the columns and the sparse row errors), so no float is formatted or
+parsed per row on the way; an archive whose handler predates it answers text/csv, read here
+the old way.
 
 Runs where tabserve may not be installed (Spark executors get this file on its own): it
 imports numpy and the standard library only (pyarrow inside the functions that format text).
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-BATCH_TYPE = "application/x-tabserve-npz"  # handler.response.BATCH_TYPE
+BATCH_TYPE = "application/x-tabserve-npy"  # handler.response.BATCH_TYPE
 UNSEEN_HEADER = "x-tabserve-unseen"  # handler.response.UNSEEN_HEADER, in lower case
 
 
@@ -91,37 +92,51 @@ def unseen_counts(value: str | None) -> dict[str, int]:
     return {str(k): v for k, v in counts.items() if type(v) is int and v > 0}
 
 
-def read_npz(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a batch answer; AnswerError when it is not one."""
+@dataclass
+class BatchAnswer:
+    """A batch answer, read: the numbers, the output columns, the row errors."""
+
+    values: np.ndarray
+    columns: list[str]
+    errors: dict[int, str]
+
+
+def read_batch(data: bytes) -> BatchAnswer:
+    """A batch answer (BATCH_TYPE); AnswerError when it is not one."""
+    f = io.BytesIO(data)
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        values = np.lib.format.read_array(f, allow_pickle=False)
+        trailer = json.loads(f.read().decode("utf-8"))
+        columns = [str(c) for c in trailer["columns"]]
+        errors = {int(i): str(e) for i, e in trailer["errors"]}
     except Exception as exc:  # any failure to read it: the answer is not a batch answer
         raise AnswerError(f"the answer is not a batch answer: {type(exc).__name__}: {exc}") from exc
-    if "columns" not in arrays or "values" not in arrays:
-        raise AnswerError("the answer is not a batch answer: no columns or values")
-    return arrays
+    if values.ndim != 2 or values.dtype != np.float64 or len(columns) < 2:
+        raise AnswerError(f"the answer is not a batch answer: values {values.dtype} {values.shape}")
+    return BatchAnswer(values, columns, errors)
 
 
-def columns_of(arrays: dict[str, np.ndarray]) -> list[str]:
-    return [str(c) for c in arrays["columns"].tolist()]
-
-
-def from_npz(data: bytes, n: int, unseen: dict[str, int] | None = None) -> Results:
+def from_batch(data: bytes, n: int, unseen: dict[str, int] | None = None) -> Results:
     """The results of a batch answer for `n` records; AnswerError when it holds another
-    number of rows (no row is ever paired with another's result)."""
-    arrays = read_npz(data)
-    values = arrays["values"]
-    if values.ndim != 2 or len(values) != n or values.dtype != np.float64:
-        raise AnswerError(f"the handler answered {len(values)} rows for {n}")
-    labels = arrays.get("label")
-    if labels is not None and labels.shape != (n,):
-        raise AnswerError(f"the handler answered {len(labels)} labels for {n} rows")
-    rows = arrays["error_rows"].tolist()
-    texts = arrays["error_text"].tolist()
-    if len(rows) != len(texts) or any(not 0 <= i < n for i in rows):
+    number of rows (no row is ever paired with another's result). A classifier's label is
+    the class of highest probability (the first of equals), as in the handler's answers."""
+    answer = read_batch(data)
+    values = answer.values
+    classifier = answer.columns[0] == "label"
+    if len(values) != n or values.shape[1] != (len(answer.columns) - 2 if classifier else 1):
+        raise AnswerError(f"the handler answered {values.shape} values for {n} rows")
+    if any(not 0 <= i < n for i in answer.errors):
         raise AnswerError("the handler's row errors do not match its rows")
-    return Results(values, labels, dict(zip(rows, texts)), dict(unseen or {}))
+    labels = None
+    if classifier:
+        labels = (
+            np.argmax(np.nan_to_num(values, nan=-1.0), axis=1).astype(np.int32)
+            if n
+            else np.zeros(0, np.int32)
+        )
+        if answer.errors:
+            labels[list(answer.errors)] = -1
+    return Results(values, labels, answer.errors, dict(unseen or {}))
 
 
 def from_csv_answer(
@@ -171,7 +186,7 @@ def score_body(model: Any, body: bytes, n: int, first_row: int) -> tuple[int, Re
         text = answer.body if isinstance(answer.body, str) else answer.body.decode("utf-8")
         columns = next(csv.reader([text.split("\n", 1)[0]]))
         return 200, from_csv_answer(text, n, columns, unseen)
-    return 200, from_npz(answer.body, n, unseen)
+    return 200, from_batch(answer.body, n, unseen)
 
 
 @dataclass
@@ -217,36 +232,63 @@ def quote(field: str) -> str:
     return field
 
 
-def result_fields(results: Results, columns: Sequence[str]) -> list[bytes]:
-    """Each row's output fields as CSV text (`label,p_a,p_b,error` or `prediction,error`),
-    without a line end. The numbers are written by pyarrow (shortest text that reads back as
-    the same float64), labels and errors quoted as needed."""
+def _field_columns(results: Results, columns: Sequence[str]) -> list[Any]:
+    """The output fields as pyarrow binary columns: label (quoted as needed), each number
+    (pyarrow's shortest text that reads back as the same float64), error (quoted as needed);
+    empty where a row failed. Built column by column in pyarrow's C++ (no per-row Python)."""
     import pyarrow as pa
-    import pyarrow.csv as pacsv
+    import pyarrow.compute as pc
+
+    n = len(results)
+    failed = np.zeros(n, dtype=bool)
+    if results.errors:
+        failed[list(results.errors)] = True
+    out = []
+    if results.labels is not None:
+        classes = [quote(c[2:]).encode("utf-8") for c in columns[1:-1]] + [b""]
+        labels = np.where(results.labels < 0, len(classes) - 1, results.labels)
+        out.append(pc.take(pa.array(classes, pa.binary()), pa.array(labels)))
+    for k in range(results.values.shape[1]):
+        values = np.ascontiguousarray(results.values[:, k])
+        numbers = pa.array(values, mask=failed) if results.errors else pa.array(values)
+        out.append(pc.fill_null(pc.cast(pc.cast(numbers, pa.string()), pa.binary()), b""))
+    if results.errors:
+        errors = [b""] * n
+        for i, e in results.errors.items():
+            errors[i] = quote(e).encode("utf-8")
+        out.append(pa.array(errors, pa.binary()))
+    else:
+        out.append(pa.repeat(pa.scalar(b"", pa.binary()), n))
+    return out
+
+
+def render_rows(prefix: Any, results: Results, columns: Sequence[str]) -> bytes:
+    """CSV lines, each ending in a line end: each row's `prefix` (its input fields as CSV
+    text: a list of bytes or a pyarrow binary array), a comma and its output fields; only the
+    output fields when `prefix` is None. The text is joined in pyarrow's C++, which lets other
+    threads run meanwhile."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     n = len(results)
     if n == 0:
+        return b""
+    parts = _field_columns(results, columns)
+    if prefix is not None:
+        parts.insert(0, prefix if isinstance(prefix, pa.Array) else pa.array(prefix, pa.binary()))
+    joined = pc.binary_join_element_wise(*parts, b",")
+    whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), joined), b"\n")
+    return whole[0].as_py() + b"\n"
+
+
+def result_fields(results: Results, columns: Sequence[str]) -> list[bytes]:
+    """Each row's output fields as CSV text (`label,p_a,p_b,error` or `prediction,error`),
+    without a line end: the same text as render_rows writes."""
+    import pyarrow.compute as pc
+
+    if len(results) == 0:
         return []
-    ok = np.ones(n, dtype=bool)
-    if results.errors:
-        ok[list(results.errors)] = False
-    values = results.values
-    table = pa.table(
-        [pa.array(values[:, k], mask=~ok) for k in range(values.shape[1])],
-        names=[f"c{k}" for k in range(values.shape[1])],
-    )
-    out = io.BytesIO()
-    pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=False, quoting_style="none"))
-    numbers = out.getvalue().split(b"\n")
-    numbers.pop()  # after the last line end
-    errors = [b""] * n
-    for i, e in results.errors.items():
-        errors[i] = quote(e).encode("utf-8")
-    if results.labels is None:
-        return list(map(b",".join, zip(numbers, errors)))
-    classes = [quote(c[2:]).encode("utf-8") for c in columns[1:-1]] + [b""]
-    labels = np.asarray(classes, dtype=object)[results.labels].tolist()  # -1: the empty label
-    return list(map(b",".join, zip(labels, numbers, errors)))
+    return pc.binary_join_element_wise(*_field_columns(results, columns), b",").to_pylist()
 
 
 def failed_rows(results: Results) -> Iterable[int]:

@@ -32,7 +32,7 @@ import numpy as np
 from ..csvio import OutputFile
 from ..errors import ConfigError, OutputError
 from .readers import Batch, table_lines
-from .results import Results, quote, result_fields
+from .results import Results, quote, render_rows
 
 # Rows per Parquet row group (a batch's rows are gathered up to this many before one is
 # written): big enough for columnar reads to pay off, small enough to bound memory.
@@ -59,7 +59,15 @@ class CsvWriter:
         self.columns: list[str] = []
         self.input_names: list[str] = []
 
-    def start(self, input_names: list[str], header: bytes, columns: list[str], resume: dict | None) -> None:
+    def start(
+        self,
+        input_names: list[str],
+        header: bytes,
+        columns: list[str],
+        resume: dict | None,
+        input_schema: Any = None,
+    ) -> None:
+        """Open the part file (or truncate it to the checkpoint's bytes) and write the header."""
         self.width = len(input_names)
         self.columns = columns
         self.input_names = input_names
@@ -71,11 +79,10 @@ class CsvWriter:
         else:
             self.written = resume["bytes"]
 
-    def write(self, batch: Batch, results: Results) -> None:
-        assert self.out is not None
-        fields = result_fields(results, self.columns)
+    def render(self, batch: Batch, results: Results) -> bytes:
+        """A batch's output lines (any thread: the pipeline renders batches side by side)."""
         if batch.records is not None:
-            rows = batch.records
+            rows: Any = batch.records
             if results.errors:
                 rows = list(rows)
                 pad = b"," * (self.width - 1)
@@ -84,9 +91,13 @@ class CsvWriter:
                         rows[i] = quote(rows[i].decode("utf-8")).encode("utf-8") + pad
         else:
             rows = table_lines(batch.table)
-        lines = list(map(b",".join, zip(rows, fields)))
-        if lines:
-            self.written = self.out.write_block(b"\n".join(lines) + b"\n")
+        return render_rows(rows, results, self.columns)
+
+    def write(self, block: bytes) -> None:
+        """Append a rendered batch (in input order)."""
+        assert self.out is not None
+        if block:
+            self.written = self.out.write_block(block)
 
     def position(self) -> dict[str, int]:
         return {"bytes": self.written}
@@ -122,15 +133,24 @@ class ParquetWriter:
         self.part = None if self.stdout else Path(path + ".part")
         self.segment = 0  # segments closed so far
         self.writer: Any = None
-        self.schema: Any = None
+        self.input_schema: Any = None  # a Parquet input's schema (a CSV input's columns are text)
         self.pending: list[Any] = []
         self.pending_rows = 0
         self.columns: list[str] = []
         self.input_names: list[str] = []
 
-    def start(self, input_names: list[str], header: bytes, columns: list[str], resume: dict | None) -> None:
+    def start(
+        self,
+        input_names: list[str],
+        header: bytes,
+        columns: list[str],
+        resume: dict | None,
+        input_schema: Any = None,
+    ) -> None:
+        """Make the part folder (or keep the checkpoint's segments and remove the rest)."""
         self.columns = columns
         self.input_names = input_names
+        self.input_schema = input_schema
         if self.part is None:
             return
         if resume is None:
@@ -191,13 +211,16 @@ class ParquetWriter:
         for i, e in results.errors.items():
             errors[i] = e
         out.append(pa.array(errors, type=pa.string()))
-        if self.schema is None:
-            self.schema = self._schema(batch, results)
-        return pa.Table.from_arrays(out, schema=self.schema)
+        return pa.Table.from_arrays(out, schema=self._schema(batch, results))
 
-    def write(self, batch: Batch, results: Results) -> None:
-        self.pending.append(self._table(batch, results))
-        self.pending_rows += len(results)
+    def render(self, batch: Batch, results: Results) -> Any:
+        """A batch's output table (any thread: the pipeline renders batches side by side)."""
+        return self._table(batch, results)
+
+    def write(self, table: Any) -> None:
+        """Append a rendered batch (in input order)."""
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
         if self.pending_rows >= ROW_GROUP_ROWS:
             self._flush()
 
@@ -241,8 +264,9 @@ class ParquetWriter:
         import pyarrow.parquet as pq
 
         if self.stdout:
-            if self.writer is None and self.schema is not None:
-                self._flush()
+            if self.writer is None and not self.pending:
+                self._empty(None)
+                return
             self._close_segment()
             sys.stdout.buffer.flush()
             return
@@ -269,11 +293,14 @@ class ParquetWriter:
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
 
-    def _empty(self, where: Path) -> None:
+    def _empty(self, where: Path | None) -> None:
+        """A Parquet file with the output's columns and no rows (None: to stdout)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         fields = [pa.field(n, pa.string()) for n in self.input_names]
+        if self.input_schema is not None:
+            fields = list(self.input_schema)
         if self.columns and self.columns[0] == "label":
             fields += [pa.field("label", pa.string())] + [
                 pa.field(c, pa.float64()) for c in self.columns[1:-1]
@@ -281,8 +308,8 @@ class ParquetWriter:
         else:
             fields.append(pa.field("prediction", pa.float64()))
         fields.append(pa.field("error", pa.string()))
-        schema = self.schema or pa.schema(fields)
-        pq.write_table(schema.empty_table(), str(where))
+        sink = sys.stdout.buffer if where is None else str(where)
+        pq.write_table(pa.schema(fields).empty_table(), sink)
 
     def abandon(self) -> None:
         """Close the open segment: its rows stay on disk, though the checkpoint may not count

@@ -68,7 +68,9 @@ ENGINES: dict[str, EngineSpec] = {
         "torchserve", "torchserve", "a TorchServe: --url, or one started from --model-store"
     ),
     "local": EngineSpec("local", "local", "the archive's handler in worker processes, no server"),
-    "spark": EngineSpec("spark", "spark", "the archive's handler on Spark executors"),
+    "spark": EngineSpec(
+        "spark", "spark", "the archive's handler on Spark executors (OUTPUT is a folder of part files)"
+    ),
 }
 
 Opener = Callable[["ScoreConfig", ExitStack], Engine]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ChunkRefused, ConfigError, ServerError, TabserveError
-from ..results import AnswerError, Results, columns_of, read_npz, score_body
+from ..results import AnswerError, Results, read_batch, score_body
 from . import archive_path
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class LocalEngine:
         answer = respond(header + b"\n", 1, accept=BATCH_TYPE)
         if answer.status != 200:
             raise ConfigError(f"the model refused the input's columns: {_message(answer.body)}")
-        self.columns = columns_of(read_npz(answer.body))
+        self.columns = read_batch(answer.body).columns
         return self.columns
 
     def alive(self, header: bytes) -> bool:

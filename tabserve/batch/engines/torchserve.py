@@ -1,7 +1,7 @@
 """The TorchServe engine: each batch is one HTTP request to a TorchServe, answered in the
-handler's binary batch form (an .npz: no number is formatted or parsed as text on either
-side). Without --url, a private TorchServe is started on free loopback ports for the job
-(server.start_on_free_ports) and stopped when it ends."""
+handler's binary batch form (an .npy array and a JSON trailer: no number is formatted or
+parsed as text on either side). Without --url, a private TorchServe is started on free
+loopback ports for the job (server.start_on_free_ports) and stopped when it ends."""
 
 from __future__ import annotations
 
@@ -26,10 +26,9 @@ from ..results import (
     UNSEEN_HEADER,
     AnswerError,
     Results,
-    columns_of,
+    from_batch,
     from_csv_answer,
-    from_npz,
-    read_npz,
+    read_batch,
     unseen_counts,
 )
 from . import model_name
@@ -247,7 +246,7 @@ class TorchServeEngine:
         ctype = r.headers.get("Content-Type", "")
         if self.accept == BATCH_TYPE and ctype.startswith(BATCH_TYPE):
             try:
-                self.columns = columns_of(read_npz(r.content))
+                self.columns = read_batch(r.content).columns
             except AnswerError as exc:
                 raise ServerError(f"{self.endpoint} is not a tabserve model: {exc}") from exc
             return self.columns
@@ -275,7 +274,7 @@ class TorchServeEngine:
         unseen = unseen_counts(r.headers.get(UNSEEN_HEADER))
         try:
             if self.accept == BATCH_TYPE:
-                return from_npz(r.content, n, unseen)
+                return from_batch(r.content, n, unseen)
             return from_csv_answer(r.content.decode("utf-8"), n, self.columns, unseen)
         except (AnswerError, UnicodeDecodeError) as exc:
             raise ServerError(f"{self.endpoint}, batch starting at row {first_row}: {exc}") from exc
