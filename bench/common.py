@@ -55,6 +55,36 @@ def iris_like_csv(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
+def iris_like_parquet(csv: Path, row_group_rows: int = 131_072) -> Path:
+    """The same rows as `csv` in Parquet (row groups of about 128k rows), beside it: written
+    once, reused by later runs."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = csv.with_suffix(".parquet")
+    if not path.exists():
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(pacsv.read_csv(csv), tmp, row_group_size=row_group_rows)
+        tmp.rename(path)
+    return path
+
+
+def output_rows(path: Path) -> int:
+    """Data rows in a scorer's output: Parquet from its metadata, CSV by counting newlines in
+    blocks (minus the header; the benchmarks' outputs have no quoted newlines)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n") - 1
+
+
 def in_process_score(inp: Path, out: Path, artifacts: Path) -> float:
     """The fastest honest CSV-to-CSV job in one process: pyarrow read, numpy scaling, one
     torch pass per 100,000 rows, pyarrow write. Same output columns as tabserve score.
@@ -86,11 +116,13 @@ class Run:
     peak_rss_mb: float
     returncode: int
     stdout: str
+    cpu_seconds: float = 0.0  # user + system of the process itself (its threads, not its children)
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Run:
-    """Run a command; wall time and the peak RSS of that process (not its children: the
-    scorer's own memory, without the TorchServe it starts)."""
+    """Run a command; wall time, the peak RSS and the CPU time of that process (not its
+    children: the scorer's own memory and CPU, without the TorchServe or the workers it
+    starts). Both sampled every 20 ms: the CPU time is the last sample, up to 20 ms short."""
     import psutil
 
     t0 = time.perf_counter()
@@ -98,24 +130,29 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Run:
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
     )
     peak = 0
+    cpu = 0.0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
-        p = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                peak = max(peak, p.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.02)
+        nonlocal peak, cpu
+        try:
+            p = psutil.Process(proc.pid)
+            while not stop.is_set():
+                with p.oneshot():
+                    peak = max(peak, p.memory_info().rss)
+                    times = p.cpu_times()
+                # max: a zombie's last reading may come back lower.
+                cpu = max(cpu, times.user + times.system)
+                time.sleep(0.02)
+        except psutil.Error:
+            return
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out, _ = proc.communicate()
     stop.set()
     sampler.join()
-    return Run(time.perf_counter() - t0, peak / 2**20, proc.returncode, out)
+    return Run(time.perf_counter() - t0, peak / 2**20, proc.returncode, out, cpu)
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -124,11 +161,28 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_plot(fig, ax, name: str, legend_size: int = 8) -> Path:
+def save_plot(fig, ax, name: str, legend_size: int = 8, legend_loc: str = "best") -> Path:
     """Legend, grid and layout as every README plot has them; written to docs/NAME."""
-    ax.legend(fontsize=legend_size)
+    ax.legend(fontsize=legend_size, loc=legend_loc)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     DOCS.mkdir(exist_ok=True)
     fig.savefig(DOCS / name, dpi=120)
     return DOCS / name
+
+
+if __name__ == "__main__":
+    # `python bench/common.py IN OUT`: the in-process limit in a process of its own (so its
+    # memory can be measured like the scorer's); prints its seconds and CPU seconds as JSON,
+    # both without the imports.
+    import json
+
+    # Imported before the clocks start, as in a warm process.
+    import pyarrow.csv  # noqa: F401
+    import torch  # noqa: F401
+
+    from tabserve.handler.predictor import Predictor  # noqa: F401
+
+    cpu0 = time.process_time()
+    seconds = in_process_score(Path(sys.argv[1]), Path(sys.argv[2]), ROOT / "artifacts" / "iris")
+    print(json.dumps({"seconds": seconds, "cpu_seconds": time.process_time() - cpu0}))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tabserve.engines import LocalEngine  # noqa: E402
+from tabserve.batch.engines.local import LocalEngine  # noqa: E402
 from tabserve.scorer import ScoreConfig, score  # noqa: E402
 
 FEATURES = "sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm"
@@ -55,12 +55,16 @@ def main() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5000, 4)) * [0.8, 0.4, 1.7, 0.7] + [5.8, 3.0, 3.7, 1.2]
     lines = [",".join(map(repr, r)) for r in x.tolist()] + ["1,2,3", "1,x,3,4", "1,,3,4", "nan,1,2,3"]
-    a, b = cpu.score(FEATURES, lines, 1), gpu.score(FEATURES, lines, 1)
-    pa = np.array([[float(v) for v in r.split(",")[1:4]] for r in a[:5000]])
-    pb = np.array([[float(v) for v in r.split(",")[1:4]] for r in b[:5000]])
-    report["max_abs_diff_gpu_vs_cpu"] = float(np.abs(pa - pb).max())
-    report["labels_equal"] = [r.split(",")[0] for r in a] == [r.split(",")[0] for r in b]
-    report["errors_equal"] = a[5000:] == b[5000:]
+    body = "\n".join([FEATURES, *lines, ""]).encode()
+    for engine in (cpu, gpu):
+        engine.probe(FEATURES.encode())
+    a, b = cpu.score(body, len(lines), 1), gpu.score(body, len(lines), 1)
+    # Every row's numbers, the malformed lines' too (NaN where a row failed: the same rows).
+    report["max_abs_diff_gpu_vs_cpu"] = float(np.nanmax(np.abs(a.values - b.values)))
+    report["labels_equal"] = bool(np.array_equal(a.labels, b.labels))
+    report["errors_equal"] = bool(
+        a.errors and a.errors == b.errors and np.array_equal(np.isnan(a.values), np.isnan(b.values))
+    )
     report["same_within_1e-5"] = bool(report["max_abs_diff_gpu_vs_cpu"] <= 1e-5)
 
     # 2. rows/s of in-process scoring of a 1M-row CSV, GPU and CPU, same file, same run.

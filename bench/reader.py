@@ -19,7 +19,7 @@ def seconds(data: bytes) -> float:
     t0 = time.perf_counter()
     reader = RecordReader(io.BytesIO(data))
     reader.header()
-    for _ in chunks(reader, 5000):
+    for _ in chunks(reader, 5000, raw=True):  # as the batch job reads (batch.readers.CsvReader)
         pass
     return time.perf_counter() - t0
 

@@ -1,4 +1,5 @@
-"""Predictions out: the JSON answer of the online API and the CSV columns of the batch job.
+"""Predictions out: the JSON answer of the online API, its CSV form, and the binary batch answer
+that the batch engines ask for (to_batch).
 
 `classes` names a classifier's classes; no classes means a regression model, whose `probs`
 hold one predicted value per row."""
@@ -6,7 +7,7 @@ hold one predicted value per row."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -122,79 +123,3 @@ def error_body(status: int, message: str) -> str:
 
 
 _ERROR_TYPES = {400: "BadRequest", 413: "PayloadTooLarge", 500: "InternalServerError"}
-
-
-def field_count(line: str) -> int:
-    """Fields in one CSV record."""
-    if '"' not in line:
-        return line.count(",") + 1
-    import csv
-
-    return len(next(csv.reader([line]), []))
-
-
-def merge_rows(lines: Sequence[str], results: Sequence[str], width: int) -> tuple[str, int]:
-    """The output block of a batch job: each input record's own text, then its result line
-    (label, p_<class>..., error). A record with the wrong number of fields keeps its whole
-    text, quoted, in the first column, so every row has the header's columns. Returns the
-    block and its number of failed rows."""
-    out = []
-    errors = 0
-    pad = "," * (width - 1)
-    for line, result in zip(lines, results, strict=True):
-        # A failed row's result ends with its error; a scored row's with the empty error.
-        if not result.endswith(","):
-            errors += 1
-            if field_count(line) != width:
-                line = _quote(line) + pad
-        out.append(line + "," + result + "\n")
-    return "".join(out), errors
-
-
-def refused_rows(first_row: int, count: int, message: str, n_classes: int) -> list[str]:
-    """Result lines for records that could not be scored: every row gets the reason, so no
-    row is lost and each says why it has no prediction."""
-    blank = "," * (n_classes + 1)
-    return [blank + _quote(f"row {first_row + i}: chunk refused: {message}") for i in range(count)]
-
-
-def result_lines(answer: str, count: int) -> list[str]:
-    """The `count` result lines of a text/csv answer (its header line dropped); ValueError
-    when the answer has another number of rows, so no row is ever paired with another's."""
-    lines = answer.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) != count + 1:
-        raise ValueError(f"the handler answered {len(lines) - 1} rows for {count}")
-    return lines[1:]
-
-
-class Unsplittable(Exception):
-    """Raised by a `score` callable of contained_results for a failure that splitting a chunk
-    cannot help (a rejected token, a server that no longer answers): it ends the job."""
-
-
-def contained_results(
-    score: Callable[[Sequence[str], int, int], list[str]],
-    lines: Sequence[str],
-    first_row: int,
-    n_classes: int,
-    depth: int = 0,
-) -> list[str]:
-    """The batch job's containment boundary for one chunk: `score(lines, first_row, depth)`
-    returns one result line per record or raises; a chunk it fails on, by any exception
-    but Unsplittable, is split in halves, recursively, so that only the records that cause the
-    failure get its reason as their error and every other record is scored. At most about
-    2 * log2(len(lines)) calls per bad record. `depth` tells `score` it is scoring a part of a
-    chunk that failed (it may then try fewer times)."""
-    try:
-        return score(lines, first_row, depth)
-    except Unsplittable:
-        raise
-    except Exception as exc:
-        reason = str(exc) or type(exc).__name__
-    if len(lines) == 1:
-        return refused_rows(first_row, 1, reason, n_classes)
-    mid = len(lines) // 2
-    head = contained_results(score, lines[:mid], first_row, n_classes, depth + 1)
-    return head + contained_results(score, lines[mid:], first_row + mid, n_classes, depth + 1)

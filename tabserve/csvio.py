@@ -285,15 +285,20 @@ def clean_records(records: list[bytes]) -> list[bytes]:
     return records
 
 
-_BLANK = re.compile(rb"(?:^|\n)[ \t\r\f\v]*(?:\n|$)")
+def _is_blank(line: str | bytes) -> bool:
+    """An empty record, or one of whitespace only (any Unicode whitespace, as str.isspace)."""
+    if isinstance(line, bytes):
+        if not line or line.isspace():
+            return True
+        return not line.isascii() and line.decode("utf-8", "replace").isspace()
+    return not line or line.isspace()
 
 
 def _has_blank(lines: list, raw: bool) -> bool:
-    """Whether any record is empty or only whitespace (one regular-expression scan in C for
-    raw records)."""
-    if raw:
-        return _BLANK.search(b"\n".join(lines)) is not None
-    return any(not line or line.isspace() for line in lines)
+    """Whether any record is blank (_is_blank); C-level loops for raw ASCII records."""
+    if raw and b"".join(lines).isascii():
+        return b"" in lines or any(map(bytes.isspace, lines))
+    return any(map(_is_blank, lines))
 
 
 def chunks(
@@ -314,7 +319,7 @@ def chunks(
             return
         blanks = 0
         if _has_blank(lines, raw):
-            keep = [i for i, line in enumerate(lines) if line and not line.isspace()]
+            keep = [i for i, line in enumerate(lines) if not _is_blank(line)]
             blanks = len(lines) - len(keep)
             if bad:
                 where = {i: k for k, i in enumerate(keep)}

@@ -206,9 +206,8 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
     bar = _progress(config, reader)
     done = False
     try:
-        writer.start(
-            reader.columns, reader.header, columns, None if checkpoint is None else checkpoint.writer
-        )
+        resume = None if checkpoint is None else checkpoint.writer
+        writer.start(reader.columns, reader.header, columns, resume, getattr(reader, "schema", None))
         options = pipeline.Options(
             config.workers, config.max_errors, config.max_record_bytes, checkpoints, bar
         )

@@ -1,7 +1,8 @@
 """Batch scoring on Spark: the archive's own handler on the executors.
 
 Run by `tabserve score ... --engine spark`, or submitted directly (the driver needs no
-tabserve installation, only this file, pyspark and the .mar):
+tabserve installation, only this file with batch/results.py beside it, as in a tabserve source
+tree, pyspark and the .mar):
 
     spark-submit --master local[*] tabserve/spark_job.py --archive model_store/iris.mar \\
         INPUT OUTPUT [--partitions N] [--chunk-rows 5000]
@@ -24,8 +25,8 @@ split in halves until the rows that cause it are found. So a part file holds the
 chunks do: a float32 matmul's last bits depend on the batch).
 
 The driver ships tabserve/batch/results.py to the executors (addPyFile, as the module
-`tabserve_batch_results`), so they need no tabserve installation either; it comes from the
-installed tabserve or, where there is none, from beside this file (tabserve/batch/results.py).
+`tabserve_batch_results`), so they need no tabserve installation either (where tabserve is
+installed on them, they import its tabserve.batch.results instead).
 The executors' Python needs torch, numpy and pyarrow (pyarrow formats the numbers; pyspark's
 Arrow support needs it anyway).
 """
@@ -107,33 +108,33 @@ def _model(mar_name: str) -> Any:
 
 
 def _results() -> Any:
-    """tabserve.batch.results on an executor: the installed one, else the copy the driver
-    shipped (ship_results)."""
-    try:
-        from tabserve.batch import results
-    except ImportError:
-        import importlib
+    """tabserve.batch.results on an executor: the copy the driver shipped (ship_results: the
+    driver's own version), else an installed tabserve's (when run without ship_results)."""
+    import importlib
 
-        results = importlib.import_module(RESULTS_MODULE)
-    return results
+    try:
+        return importlib.import_module(RESULTS_MODULE)
+    except ImportError:
+        from tabserve.batch import results
+
+        return results
 
 
 def results_source() -> Path:
-    """tabserve/batch/results.py on the driver: the installed tabserve's, else the one beside
-    this file in a source tree."""
+    """tabserve/batch/results.py on the driver: the one beside this file (the same version,
+    installed or in a source tree), else the installed tabserve's."""
+    beside = Path(__file__).resolve().parent / "batch" / "results.py"
+    if beside.is_file():
+        return beside
     try:
         from tabserve.batch import results
-
-        return Path(results.__file__)
     except ImportError:
-        pass
-    beside = Path(__file__).resolve().parent / "batch" / "results.py"
-    if not beside.is_file():
         raise SparkJobError(
-            f"cannot find tabserve/batch/results.py (not installed, not at {beside}): the "
-            "executors score with it; install tabserve or submit this file from a tabserve source tree"
-        )
-    return beside
+            f"cannot find tabserve/batch/results.py (not at {beside}, and tabserve is not "
+            "installed): the executors score with it; submit this file from a tabserve source "
+            "tree, or install tabserve"
+        ) from None
+    return Path(results.__file__)
 
 
 def ship_results(sc: Any) -> None:
@@ -335,8 +336,8 @@ def run(
         size = hpath.getFileSystem(sc._jsc.hadoopConfiguration()).getContentSummary(hpath).getLength()
         spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(size // partitions + 1, 1 << 16)))
     lines = spark.read.text(input_path).rdd.map(lambda r: r[0].rstrip("\r"))
-    # Blank lines as the other engines read them (only ASCII whitespace), and repeated headers.
-    data = lines.filter(lambda line: line.strip(" \t\r\f\v") != "" and line.lstrip("\ufeff") != header)
+    # Blank lines as the other engines read them (empty, or whitespace only), and repeated headers.
+    data = lines.filter(lambda line: line != "" and not line.isspace() and line.lstrip("\ufeff") != header)
     indexed = data.zipWithIndex()  # global data-row numbers, as the other engines count them
     rows, errors, unseen = sc.accumulator(0), sc.accumulator(0), sc.accumulator({}, CountsParam())
     out = indexed.mapPartitionsWithIndex(

@@ -17,12 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tabserve.archive import ArchiveConfig, archive
+from tabserve.batch.engines.local import LocalPoolEngine, remove_stale_local_dirs
+from tabserve.batch.engines.torchserve import AuthError, csv_columns
+from tabserve.batch.results import Results
 from tabserve.cli import main
 from tabserve.csvio import OutputFile, OutputLock
-from tabserve.engines import AuthError, LocalPoolEngine, _columns, remove_stale_local_dirs
 from tabserve.errors import ChunkRefused, ConfigError, ServerError
 from tabserve.handler.rows import Limits
 from tabserve.scorer import SPLIT_RETRIES, JobFailed, ScoreConfig, score
@@ -167,24 +170,29 @@ def test_poison_rows_get_errors_the_job_goes_on_and_both_engines_write_the_same_
 
 
 class RefusingEngine:
-    """Answers label `a` for every row, but raises `exc` for any chunk that holds the row
-    whose id is `poison` (an engine whose server refuses, or fails on, one row)."""
+    """Answers label `a` (p_a 1.0) for every row, but raises `exc` for any chunk that holds
+    the row whose id is `poison` (an engine whose server refuses, or fails on, one row)."""
 
     def __init__(self, poison: str, exc: Exception, up: bool = True) -> None:
         self.poison, self.exc, self.up = poison, exc, up
         self.calls: list[tuple[int, int, int | None]] = []
 
-    def probe(self, header: str) -> list[str]:
+    def probe(self, header: bytes) -> list[str]:
         return ["label", "p_a", "error"]
 
-    def alive(self, header: str) -> bool:
+    def alive(self, header: bytes) -> bool:
         return self.up
 
-    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> list[str]:
-        self.calls.append((first_row, len(lines), retries))
+    def score(self, body: bytes, n: int, first_row: int, retries: int | None = None) -> Results:
+        header, *lines = body.decode("utf-8").splitlines()
+        assert header == "id,x" and len(lines) == n, "the body is the header line, then n records"
+        self.calls.append((first_row, n, retries))
         if any(line.split(",", 1)[0] == self.poison for line in lines):
             raise self.exc
-        return ["a,1.0,"] * len(lines)
+        return Results(np.ones((n, 1)), np.zeros(n, dtype=np.int32))
+
+    def close(self) -> None:
+        pass
 
 
 def numbered_input(path: Path, n: int) -> None:
@@ -201,11 +209,48 @@ def test_a_refused_or_failing_chunk_is_split_until_only_the_bad_row_has_the_erro
     result = score(ScoreConfig(str(inp), str(out)), engine=engine)
     assert (result.rows, result.errors) == (5000, 1)
     rows = list(csv.reader(out.open()))
+    assert len(rows) == 5001
     assert rows[1234] == ["1234", "1234", "", "", f"row 1234: chunk refused: {exc}"]
-    assert all(r[2:] == ["a", "1.0", ""] for i, r in enumerate(rows[1:], 1) if i != 1234)
+    # p_a is the float 1.0, in pyarrow's shortest text ("1"): compared as the number it reads back as.
+    assert all(
+        r[:2] == [str(i), str(i)] and r[2] == "a" and float(r[3]) == 1.0 and r[4] == ""
+        for i, r in enumerate(rows[1:], 1)
+        if i != 1234
+    )
     # One try of the whole chunk, then about two per halving (log2 5000 = 13), few retries each.
     assert len(engine.calls) <= 2 * 13 + 3
     assert {retries for _, _, retries in engine.calls[1:]} == {SPLIT_RETRIES}
+
+
+def test_a_refused_chunk_gives_every_row_the_reason_in_the_output_columns(tmp_path):
+    """(Was handler.response.merge_rows/refused_rows, the old scorer's; now Results.refused and
+    the CSV writer.) The reason, quoted as CSV needs, in the error column; the input kept."""
+    reason = 'request too large, "max" 64 MiB'
+    refused = Results.refused(2, 41, f"chunk refused: {reason}", width=3, classifier=True)
+    assert np.isnan(refused.values).all() and refused.values.shape == (2, 3)
+    assert refused.labels.tolist() == [-1, -1]
+    assert refused.errors == {0: f"row 41: chunk refused: {reason}", 1: f"row 42: chunk refused: {reason}"}
+
+    class Refusing(RefusingEngine):
+        def probe(self, header):
+            return ["label", "p_a", "p_b", "p_c", "error"]
+
+        def score(self, body, n, first_row, retries=None):
+            self.calls.append((first_row, n, retries))
+            raise ChunkRefused(reason)
+
+    inp, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    inp.write_text("a,b,c,d,e\n" + "0,0,0,0,0\n" * 40 + "1,2,3,4,5\n6,7,8,9,10\n")
+    result = score(ScoreConfig(str(inp), str(out)), engine=Refusing("", ChunkRefused(reason)))
+    assert (result.rows, result.errors) == (42, 42)
+    rows = list(csv.reader(io.StringIO(out.read_text(), newline="")))
+    assert rows[0] == ["a", "b", "c", "d", "e", "label", "p_a", "p_b", "p_c", "error"]
+    assert rows[41:] == [
+        ["1", "2", "3", "4", "5", "", "", "", "", f"row 41: chunk refused: {reason}"],
+        ["6", "7", "8", "9", "10", "", "", "", "", f"row 42: chunk refused: {reason}"],
+    ]
+    for i, r in enumerate(rows[1:41], start=1):
+        assert r == ["0"] * 5 + [""] * 4 + [f"row {i}: chunk refused: {reason}"]
 
 
 def test_a_failure_while_the_server_no_longer_answers_ends_the_job_with_the_resume_hint(tmp_path):
@@ -253,8 +298,8 @@ def test_a_header_without_the_models_features_is_refused_before_any_row(
 def test_an_old_handler_that_reads_the_header_as_a_row_is_caught_at_the_probe():
     answer = "label,p_a,p_b,error\n,,,row 1: expected 4 fields, got 3\n"
     with pytest.raises(ConfigError, match="names none of the model's features"):
-        _columns(answer, "a,b,c", "the model")
-    assert _columns("label,p_a,p_b,error\n", "x", "the model") == ["label", "p_a", "p_b", "error"]
+        csv_columns(answer, "a,b,c", "the model")
+    assert csv_columns("label,p_a,p_b,error\n", "x", "the model") == ["label", "p_a", "p_b", "error"]
 
 
 # --- --url without --model, and --url .../predictions/NAME ---------------------------------
@@ -336,13 +381,13 @@ def test_the_lock_is_held_for_the_whole_job_and_released_after_it(tmp_path):
     seen = []
 
     class Probing(RefusingEngine):
-        def score(self, header, lines, first_row, retries=None):
+        def score(self, body, n, first_row, retries=None):
             try:
                 OutputLock(str(out)).acquire().release()
                 seen.append("free")
             except Exception as exc:
                 seen.append(type(exc).__name__)
-            return super().score(header, lines, first_row, retries)
+            return super().score(body, n, first_row, retries)
 
     score(ScoreConfig(str(inp), str(out)), engine=Probing("none", ChunkRefused("x")))
     assert seen == ["OutputLocked"]
@@ -388,7 +433,7 @@ def test_an_input_that_is_one_of_the_files_written_beside_the_output_is_refused(
     ("case", "error"),
     [
         ("missing input", "Error: input {tmp}/nope.csv not found\n"),
-        ("input is a folder", "Error: input {tmp}/folder is a folder: expected a CSV file\n"),
+        ("input is a folder", "Error: input {tmp}/folder is a folder: expected a CSV or Parquet file\n"),
         (
             "output is a folder",
             "Error: output {tmp}/folder is a folder: expected a file name such as {tmp}/folder/scored.csv\n",
@@ -576,17 +621,20 @@ def test_the_local_engine_removes_its_temporary_folders(tmp_path, model_store, p
 
 def test_a_killed_local_worker_is_replaced_and_its_folder_removed(model_store, private_tmp):
     before = local_dirs()
+    header, body = HEADER.encode(), f"{HEADER}\n1,0.2,5.1,3.5,1.4,x\n".encode()
     engine = LocalPoolEngine(model_store / "iris.mar", 1)
     try:
-        columns = engine.probe(HEADER)
+        columns = engine.probe(header)
+        assert columns == OUT_COLUMNS
         (pid,) = engine._pool._processes
         assert any(d.name.startswith(f"tabserve-local-{pid}-") for d in local_dirs())
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
         with pytest.raises(ServerError, match="a local worker process died"):
-            engine.score(HEADER, ["1,0.2,5.1,3.5,1.4,x"], 1)
-        assert engine.alive(HEADER) and engine.columns == columns
-        assert engine.score(HEADER, ["1,0.2,5.1,3.5,1.4,x"], 1)[0].startswith("setosa,")
+            engine.score(body, 1, 1)
+        assert engine.alive(header) and engine.columns == columns
+        results = engine.score(body, 1, 1)
+        assert results.errors == {} and columns[1 + int(results.labels[0])] == "p_setosa"
         assert not any(d.name.startswith(f"tabserve-local-{pid}-") for d in local_dirs())
     finally:
         engine.close()

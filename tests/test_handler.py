@@ -155,19 +155,6 @@ def test_row_counters_are_summed_and_handed_over_at_most_once_per_interval(artif
     assert sorted(metrics.calls[1:]) == [("RequestsRejected", 1), ("RowsPredicted", 5), ("RowsRejected", 1)]
 
 
-def test_a_refused_chunk_gives_every_row_the_reason_in_the_output_columns():
-    from tabserve.handler.response import merge_rows, refused_rows
-
-    results = refused_rows(41, 2, 'request too large, "max" 64 MiB', n_classes=3)
-    block, failed = merge_rows(["1,2,3,4,5", "6,7,8,9,10"], results, width=5)
-    rows = list(csv.reader(io.StringIO(block)))
-    assert failed == 2
-    assert rows == [
-        ["1", "2", "3", "4", "5", "", "", "", "", 'row 41: chunk refused: request too large, "max" 64 MiB'],
-        ["6", "7", "8", "9", "10", "", "", "", "", 'row 42: chunk refused: request too large, "max" 64 MiB'],
-    ]
-
-
 POISON = [
     # (what TorchServe hands over, content type, status, words in the answer)
     ([10**400, 3.5, 1.4, 0.2], "application/json", 200, "feature 'sepal_length_cm' is a number too large"),

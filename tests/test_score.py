@@ -238,7 +238,7 @@ def test_a_rotated_token_file_is_read_again(tmp_path, server, predictor):
     inp, out, token_file = tmp_path / "in.csv", tmp_path / "out.csv", tmp_path / "token"
     write_csv(inp, 50, malformed=False)
     token_file.write_text("stale")
-    from tabserve.engines import TokenSource, TorchServeEngine
+    from tabserve.batch.engines.torchserve import TokenSource, TorchServeEngine
 
     engine = TorchServeEngine(server.inference_url, "iris", TokenSource(token_file=token_file))
     token_file.write_text(server.token())  # the operator rotates the token mid-job

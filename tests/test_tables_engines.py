@@ -17,10 +17,14 @@ import pytest
 import requests
 
 from tabserve.archive import ArchiveConfig, archive
+from tabserve.batch import results as batch_results
+from tabserve.batch.engines.local import LocalEngine
+from tabserve.batch.engines.torchserve import csv_columns
+from tabserve.batch.results import Results
 from tabserve.cli import main
-from tabserve.engines import UNSEEN_HEADER, LocalEngine, Results, _columns, unseen_counts
 from tabserve.errors import ChunkRefused
-from tabserve.handler.response import output_columns
+from tabserve.handler import response
+from tabserve.handler.response import UNSEEN_HEADER, output_columns
 from tabserve.scorer import Checkpoint, JobFailed, ScoreConfig, ScoreResult, score
 
 from .conftest import start_server
@@ -409,24 +413,49 @@ def test_a_chunk_split_after_a_failure_counts_each_unseen_category_once_on_spark
     assert "scored 48 rows: 45 ok, 3 errors; unseen categories: island 3; " in summary, summary
 
 
+def same_results(a: Results, b: Results) -> bool:
+    """The same numbers (to the bit), labels and errors."""
+    return (
+        np.array_equal(a.values, b.values, equal_nan=True)
+        and (a.labels is None) == (b.labels is None)
+        and (a.labels is None or np.array_equal(a.labels, b.labels))
+        and a.errors == b.errors
+    )
+
+
 def test_local_engine_scores_an_archive_whose_handler_reports_no_unseen_categories(tables):
-    """An archive whose LocalModel predates respond_csv: scored as before, nothing counted."""
-    header, lines = "id,age,colour,size", ["1,3,red,1.5", "2,NA,purple,2", "3,4,,x"]
+    """Archives whose LocalModel predates the batch answer (respond_csv only: read from its
+    text/csv answer, unseen categories counted) or predates respond_csv (call_csv only:
+    nothing counted): scored as before, to the same results."""
+    body = b"id,age,colour,size\n1,3,red,1.5\n2,NA,purple,2\n3,4,,x\n"
     engine = LocalEngine(tables / "store" / "price.mar")
     try:
-        new = engine.score(header, lines, 1)
+        assert engine.probe(b"id,age,colour,size") == ["prediction", "error"]
+        new = engine.score(body, 3, 1)
+        model = engine.model
+
+        class CsvModel:
+            def __init__(self, model) -> None:
+                self.respond_csv = model.respond_csv  # an archive from before the batch answer
 
         class OldModel:
             def __init__(self, model) -> None:
                 self.call_csv = model.call_csv  # all that an older archive's LocalModel has
 
-        engine.model = OldModel(engine.model)
-        old = engine.score(header, lines, 1)
+        engine.model = CsvModel(model)
+        assert engine.probe(b"id,age,colour,size") == ["prediction", "error"]
+        csv_answered = engine.score(body, 3, 1)
+        engine.model = OldModel(model)
+        assert engine.probe(b"id,age,colour,size") == ["prediction", "error"]
+        old = engine.score(body, 3, 1)
     finally:
         engine.close()
     assert isinstance(new, Results) and new.unseen == {"colour": 1}
-    assert new[2] == ",row 3: feature 'size' is not a number: 'x'"
-    assert list(old) == list(new) and old.unseen == {}
+    assert new.labels is None and new.values.shape == (3, 1)
+    assert np.isfinite(new.values[:2]).all() and np.isnan(new.values[2]).all()
+    assert new.errors == {2: "row 3: feature 'size' is not a number: 'x'"}
+    assert same_results(csv_answered, new) and csv_answered.unseen == {"colour": 1}
+    assert same_results(old, new) and old.unseen == {}
 
 
 class CountingEngine:
@@ -436,16 +465,21 @@ class CountingEngine:
     def __init__(self, poison: str) -> None:
         self.poison = poison
 
-    def probe(self, header: str) -> list[str]:
+    def probe(self, header: bytes) -> list[str]:
         return ["label", "p_a", "error"]
 
-    def alive(self, header: str) -> bool:
+    def alive(self, header: bytes) -> bool:
         return True
 
-    def score(self, header: str, lines: list[str], first_row: int, retries: int | None = None) -> Results:
+    def score(self, body: bytes, n: int, first_row: int, retries: int | None = None) -> Results:
+        lines = body.decode("utf-8").splitlines()[1:]
+        assert len(lines) == n
         if any(line.split(",", 1)[0] == self.poison for line in lines):
             raise ChunkRefused("refused")
-        return Results(["a,1.0,"] * len(lines), {"c": len(lines)})
+        return Results(np.ones((n, 1)), np.zeros(n, dtype=np.int32), unseen={"c": n})
+
+    def close(self) -> None:
+        pass
 
 
 def test_the_scorer_counts_each_answered_row_once_across_threads_splits_and_long_records(tmp_path):
@@ -462,13 +496,13 @@ def test_the_scorer_counts_each_answered_row_once_across_threads_splits_and_long
 def test_the_answer_columns_and_the_unseen_header_are_read_as_the_handler_writes_them():
     from tabserve import spark_job
 
-    assert _columns("prediction,error\n", "a,b", "x") == ["prediction", "error"]
-    assert _columns("label,p_a,p_b,error\n", "a,b", "x") == ["label", "p_a", "p_b", "error"]
+    assert csv_columns("prediction,error\n", "a,b", "x") == ["prediction", "error"]
+    assert csv_columns("label,p_a,p_b,error\n", "a,b", "x") == ["label", "p_a", "p_b", "error"]
     for bad in ("prediction,p_a,error\n", "value,error\n", "label\n"):
         with pytest.raises(Exception, match="is not a tabserve model"):
-            _columns(bad, "a,b", "x")
+            csv_columns(bad, "a,b", "x")
     with pytest.raises(Exception, match=r"not a header the model can read \(row 1: bad\)"):
-        _columns("prediction,error\n,row 1: bad\n", "a,b", "x")
+        csv_columns("prediction,error\n,row 1: bad\n", "a,b", "x")
     for schema in (
         {"task": "regression", "classes": []},
         {"classes": []},
@@ -477,9 +511,13 @@ def test_the_answer_columns_and_the_unseen_header_are_read_as_the_handler_writes
     ):
         classes = [] if schema.get("task") == "regression" else schema["classes"]
         assert spark_job.output_columns(schema) == output_columns(classes)
-    assert unseen_counts('{"island": 3, "sex": 1}') == {"island": 3, "sex": 1}
-    assert unseen_counts(None) == unseen_counts("not json") == unseen_counts("[1]") == {}
-    assert unseen_counts('{"a": "3", "b": -1, "c": 2}') == {"c": 2}
+    # The batch engines read the header with batch.results (it runs on Spark executors
+    # without tabserve); the handler's module has its own copy: both read it alike.
+    assert UNSEEN_HEADER.lower() == batch_results.UNSEEN_HEADER
+    for unseen_counts in (batch_results.unseen_counts, response.unseen_counts):
+        assert unseen_counts('{"island": 3, "sex": 1}') == {"island": 3, "sex": 1}
+        assert unseen_counts(None) == unseen_counts("not json") == unseen_counts("[1]") == {}
+        assert unseen_counts('{"a": "3", "b": -1, "c": 2}') == {"c": 2}
 
 
 def test_the_summary_and_the_checkpoint_carry_the_unseen_counts(tmp_path):
@@ -487,9 +525,13 @@ def test_the_summary_and_the_checkpoint_carry_the_unseen_counts(tmp_path):
     assert "10 rows: 9 ok, 1 errors; unseen categories: island 1,234, sex 1; " in result.summary()
     assert "unseen" not in ScoreResult(10, 0, 0, 1.0, "out.csv").summary()
     out = str(tmp_path / "o.csv")
-    Checkpoint("in.csv", 1, 2, "h", 1, 2, 3, 4, 5, 6, 7, unseen={"island": 2}).save(out)
-    assert Checkpoint.load(out).unseen == {"island": 2}
-    # A checkpoint written before the counts existed still resumes.
+    fingerprint = {"input": "in.csv", "size": 1, "mtime_ns": 2, "header": "h"}
+    saved = Checkpoint(
+        fingerprint, {"offset": 3, "row": 4, "index": 5}, {"bytes": 6}, 7, 8, 9, unseen={"island": 2}
+    )
+    saved.save(out)
+    assert Checkpoint.load(out) == saved and Checkpoint.load(out).unseen == {"island": 2}
+    # A checkpoint written without the counts still resumes.
     data = json.loads(Checkpoint.path_for(out).read_text())
     del data["unseen"]
     Checkpoint.path_for(out).write_text(json.dumps(data))

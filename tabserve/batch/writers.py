@@ -84,10 +84,13 @@ class CsvWriter:
         if batch.records is not None:
             rows: Any = batch.records
             if results.errors:
+                # A failed record with another number of fields (or one over
+                # --max-record-bytes, never parsed) keeps its whole text in the first column.
                 rows = list(rows)
                 pad = b"," * (self.width - 1)
+                oversized = set(batch.oversized)
                 for i in results.errors:
-                    if _field_count(rows[i]) != self.width:
+                    if i in oversized or _field_count(rows[i]) != self.width:
                         rows[i] = quote(rows[i].decode("utf-8")).encode("utf-8") + pad
         else:
             rows = table_lines(batch.table)
@@ -166,8 +169,11 @@ class ParquetWriter:
         if not self.part.is_dir():
             raise ConfigError(f"cannot resume: {self.part} is missing")
         for f in self.part.iterdir():
-            if not f.name.endswith(".parquet") or int(f.stem) >= self.segment:
-                f.unlink()  # written after the checkpoint, or a footer-less one of a killed job
+            # Written after the checkpoint: a segment it does not count (perhaps without its
+            # footer, from a killed job), or the merged file of a job killed as it ended.
+            counted = f.suffix == ".parquet" and f.stem.isdigit() and int(f.stem) < self.segment
+            if not counted:
+                f.unlink()
         for k in range(self.segment):
             if not self._segment(k).is_file():
                 raise ConfigError(f"cannot resume: {self._segment(k)} is missing")
@@ -197,7 +203,7 @@ class ParquetWriter:
         if batch.table is not None:
             inputs = list(batch.table.columns)
         else:
-            inputs = _csv_columns(batch.records or [], len(self.input_names))
+            inputs = _csv_columns(batch.records or [], len(self.input_names), batch.oversized)
         n = len(results)
         ok = np.ones(n, dtype=bool)
         if results.errors:
@@ -327,15 +333,17 @@ class ParquetWriter:
             shutil.rmtree(self.part, ignore_errors=True)
 
 
-def _csv_columns(records: list[bytes], width: int) -> list[Any]:
+def _csv_columns(records: list[bytes], width: int, oversized: tuple[int, ...] = ()) -> list[Any]:
     """A CSV input's records as `width` string columns (the csv module's reading, as the
-    handler's); a record with another number of fields keeps its text in the first column."""
+    handler's); a record with another number of fields, or over --max-record-bytes (never
+    parsed), keeps its text in the first column."""
     import pyarrow as pa
 
     text = b"\n".join(records).decode("utf-8")
-    rows = list(csv.reader(text.split("\n"))) if '"' not in text else None
+    rows = list(csv.reader(text.split("\n"))) if '"' not in text and not oversized else None
     if rows is None or len(rows) != len(records):
-        rows = [next(csv.reader([r.decode("utf-8")]), []) for r in records]
+        skip = set(oversized)
+        rows = [[] if i in skip else next(csv.reader([r.decode("utf-8")]), []) for i, r in enumerate(records)]
     cols: list[list[str | None]] = [[] for _ in range(width)]
     for rec, row in zip(records, rows):
         if len(row) != width:
