@@ -31,6 +31,7 @@ from tabserve.batch.checkpoint import Checkpoint
 from tabserve.batch.engines.torchserve import AuthError
 from tabserve.batch.pipeline import SPLIT_RETRIES, JobFailed
 from tabserve.batch.results import Results
+from tabserve.batch.writers import CsvWriter, ParquetWriter
 from tabserve.errors import ChunkRefused, ServerError
 from tabserve.scorer import ScoreConfig, score
 
@@ -590,7 +591,9 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize("fmt, interval", [("csv", 1.0), ("parquet", 10.0)])
+@pytest.mark.parametrize(
+    "fmt, interval", [("csv", CsvWriter.checkpoint_seconds), ("parquet", ParquetWriter.checkpoint_seconds)]
+)
 def test_a_checkpoint_is_written_each_time_the_writers_interval_has_passed(
     tmp_path, monkeypatch, fmt, interval
 ):

@@ -128,7 +128,10 @@ class ParquetWriter:
     """Parquet out, typed columns, resumable by segment (see the module's description)."""
 
     kind = "parquet"
-    checkpoint_seconds = 10.0  # each checkpoint closes a segment: fewer, larger files
+    # Each checkpoint closes a segment, and a job of several segments ends by copying them into
+    # one file (one more pass over the output): a job shorter than this has one segment, renamed
+    # into place.
+    checkpoint_seconds = 60.0
 
     def __init__(self, path: str) -> None:
         self.path = path
