@@ -163,8 +163,7 @@ class TabularHandler:
         forced = (headers.get(CSV_HEADER_HEADER.lower()) or "").strip().lower() == "present"
         first_row = _first_row(headers.get(FIRST_ROW_HEADER.lower()))
         rows = _decode(_body(request, ctype), ctype, self.predictor.encoder, first_row, self.limits, forced)
-        accept = headers.get("accept", "").split(";")[0].strip().lower()
-        answer = "csv" if accept in CSV_ACCEPT else "batch" if accept == BATCH_TYPE else "json"
+        answer = _answer_kind(headers.get("accept", ""))
         chunk = FIRST_ROW_HEADER.lower() in headers
         return _Request(idx, rows, first_row, answer, chunk)
 
@@ -263,6 +262,20 @@ class TabularHandler:
 
 _JSON = "application/json"
 _PHRASES = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server Error"}
+
+
+def _answer_kind(accept: str) -> str:
+    """ "csv", "batch" (BATCH_TYPE) or "json": the first of the Accept header's types that
+    tabserve answers in (`text/csv, */*` is CSV); JSON when none is."""
+    for part in accept[:1000].split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in CSV_ACCEPT:
+            return "csv"
+        if media == BATCH_TYPE:
+            return "batch"
+        if media in ("application/json", "*/*", "application/*"):
+            return "json"
+    return "json"
 
 
 def _first_row(value: str | None) -> int:

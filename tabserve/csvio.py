@@ -21,7 +21,7 @@ import re
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import BinaryIO
@@ -46,7 +46,9 @@ class Chunk:
     lines: list[str]  # each record's text, without its line terminator
     end_offset: int  # bytes of (decompressed) input consumed after this chunk
     blank_lines: int  # blank lines skipped inside this chunk (they are not data rows)
-    oversized: tuple[int, ...] = ()  # positions in `lines` of records over max_record_bytes
+    oversized: tuple[int, ...] = ()  # positions in `lines` of malformed records (never scored):
+    # over max_record_bytes, or (with its reason in `reasons`) a quote never closed
+    reasons: dict[int, str] = field(default_factory=dict)
 
 
 def open_input(path: str) -> BinaryIO:
@@ -136,6 +138,7 @@ class RecordReader:
         self._quoted_bytes = 0
         self._eof = False
         self._unterminated = False  # the input's last record has no newline after it
+        self.open_quote_at_end = False  # the input's last record is a quote never closed
 
     def _fill(self) -> bool:
         """Read one block; False at the end of the input."""
@@ -153,9 +156,13 @@ class RecordReader:
             last = b"".join(self._partial)
             self._partial = []
             if self._quoted:
+                # A quote still open at the end of the input: the record took every line after
+                # it. Never scored (a handler would read it as one row and the rest of the
+                # file would be lost in its last field): it is malformed, like an oversized one.
                 self._quoted_bytes += 1 + len(last)
                 record = b"\n".join([*self._quoted, last])
-                self._emit(record, self._quoted_bytes > self.max_record_bytes)
+                self.open_quote_at_end = self._quoted_bytes <= self.max_record_bytes
+                self._emit(record, True)
                 self._quoted = []
             else:
                 self._emit(last, len(last) > self.max_record_bytes)
@@ -233,6 +240,11 @@ class RecordReader:
         if self._unterminated and out and self._pos >= len(self._records):
             self.offset -= 1
         return out, bad
+
+    @property
+    def exhausted(self) -> bool:
+        """Every record of the input has been taken."""
+        return self._eof and self._pos >= len(self._records)
 
     def header(self) -> str:
         recs, bad = self.take(1)
@@ -325,7 +337,13 @@ def chunks(
                 where = {i: k for k, i in enumerate(keep)}
                 bad = [where[i] for i in bad if i in where]
             lines = [lines[i] for i in keep]
-        yield Chunk(index, first_row, lines, reader.offset, blanks, tuple(bad))
+        reasons = {}
+        if reader.open_quote_at_end and reader.exhausted and lines:
+            last = len(lines) - 1
+            newline = b"\n" if raw else "\n"
+            n = lines[last].rstrip(newline).count(newline) + 1
+            reasons[last] = f"a quote is never closed: its field runs to the end of the input ({n:,} lines)"
+        yield Chunk(index, first_row, lines, reader.offset, blanks, tuple(bad), reasons)
         index += 1
         first_row += len(lines)
 

@@ -110,7 +110,7 @@ class ScoreResult:
     def summary(self) -> str:
         rate = (self.rows - self.resumed_rows) / self.seconds if self.seconds > 0 else 0.0
         blank = f", {self.blank_lines:,} blank lines skipped" if self.blank_lines else ""
-        resumed = f" ({self.resumed_rows:,} of them from the resumed run)" if self.resumed_rows else ""
+        resumed = f" ({self.resumed_rows:,} of them by the interrupted run)" if self.resumed_rows else ""
         start = f" (TorchServe started in {self.server_start:.1f} s)" if self.server_start else ""
         return (
             f"scored {self.rows:,} rows{resumed}: {self.rows - self.errors:,} ok, {self.errors:,} errors"
@@ -196,11 +196,11 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
     fingerprint = reader.fingerprint()
     totals = Totals()
     if checkpoint is not None:
-        checkpoint.check(fingerprint, formats, config.output)
+        checkpoint.check(fingerprint, formats, config.output, config.chunk_rows)
         totals = Totals(checkpoint.rows, checkpoint.errors, checkpoint.blank_lines, dict(checkpoint.unseen))
     writer = WRITERS[formats[1]](config.output)
     resumable = "-" not in (config.input, config.output)
-    checkpoints = Checkpointer(config.output, fingerprint, formats, writer, resumable)
+    checkpoints = Checkpointer(config.output, fingerprint, formats, writer, resumable, config.chunk_rows)
     if checkpoint is not None:
         checkpoints.resume_from(checkpoint)
     bar = _progress(config, reader)
@@ -217,9 +217,14 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
             on_commit()
         writer.commit()
         done = True
-    except JobFailed as exc:
+    except JobFailed as exc:  # --max-errors
         rows = checkpoints.keep()
-        where = f"; the rows so far are in {config.output}.part" if resumable and rows else ""
+        where = ""
+        if resumable and rows:
+            where = (
+                f"; the {rows:,} rows so far are in {config.output}.part: --resume continues "
+                "with the errors counted so far (give a larger --max-errors, or none, to go on)"
+            )
         raise JobFailed(f"{exc}{where}") from None
     except TabserveError as exc:
         raise JobFailed(f"{exc}{how_to_resume(config.output, config.input, checkpoints.keep())}") from exc

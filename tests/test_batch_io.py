@@ -29,6 +29,7 @@ from tabserve.archive import ArchiveConfig, archive
 from tabserve.batch.engines.local import LocalPoolEngine
 from tabserve.batch.writers import ParquetWriter
 from tabserve.cli import main
+from tabserve.errors import ConfigError
 from tabserve.scorer import JobFailed, ScoreConfig, ScoreResult, score
 
 from .conftest import start_server
@@ -810,7 +811,7 @@ def test_a_parquet_input_stopped_by_max_errors_resumes_to_the_rows_of_one_run(
     assert "stopped after 144 rows: 2 rows failed (--max-errors 2)" in err
     assert json.loads(Path(f"{out}.part.json").read_text())["reader"]["row"] == 145
     assert main([*argv, "--resume"]) == 2
-    assert "(144 of them from the resumed run)" in capsys.readouterr().out
+    assert "(144 of them by the interrupted run)" in capsys.readouterr().out
     same_output(out, whole)
     assert not Path(f"{out}.part").exists() and not Path(f"{out}.part.json").exists()
 
@@ -865,3 +866,43 @@ def test_a_killed_parquet_job_resumes_past_what_it_left_unfinished(
     assert resumed.rows == N and resumed.resumed_rows == 6 * CHUNK
     same_output(out, whole)
     assert not part.exists()
+
+
+# --- found by a first user and an adversarial run ------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_quote_open_at_the_end_of_the_input_is_that_rows_error_not_a_scored_row(engine, run, tmp_path):
+    """A quote never closed takes every line after it into its record: read as one row, the
+    rest of the file would vanish into its last field, scored, exit 0. It is malformed: kept
+    whole in the first column with its error, never scored; the rows before it are scored."""
+    inp, out = tmp_path / "open.csv", tmp_path / "open.csv.out"
+    good = ["1,0.2,5.1,x,3.5,1.4", "2,2.3,6.7,y,3.0,5.2"]
+    swallowed = ['3,0.2,5.1,"open quote,3.5,1.4', "4,2.3,6.7,after,3.0,5.2", "5,2.3,6.7,z,3.0,5.2"]
+    inp.write_text("\n".join([",".join(HEADER), *good, *swallowed]) + "\n")
+    result = run(engine, inp, out)
+    assert (result.rows, result.errors) == (3, 1)
+    rows = read_csv_output(out)[1:]  # after the header
+    assert [r[0] for r in rows[:2]] == ["1", "2"] and all(r[-1] == "" for r in rows[:2])
+    assert rows[2][0] == "\n".join(swallowed) + "\n"
+    assert rows[2][-1] == "row 3: a quote is never closed: its field runs to the end of the input (3 lines)"
+
+
+def test_resume_refuses_another_chunk_size(files, run, tmp_path):
+    """A float32 result's last digits depend on the rows of its batch: a resumed job must cut
+    its batches as the first one did, or its output would match neither run."""
+    out = tmp_path / "out.csv"
+    with pytest.raises(JobFailed):
+        run("local", files["csv"], out, max_errors=1)
+    with pytest.raises(ConfigError, match=f"started with --chunk-rows {CHUNK}, not 7"):
+        run("local", files["csv"], out, resume=True, chunk_rows=7, max_errors=None)
+    assert run("local", files["csv"], out, resume=True, max_errors=None).rows == N
+
+
+def test_a_parquet_file_without_its_extension_is_named_as_parquet(files, tmp_path, capsys):
+    renamed = tmp_path / "data.bin"
+    renamed.write_bytes(files["typed"].read_bytes())
+    assert main(["score", str(renamed), "-o", str(tmp_path / "o.csv"), "--engine", "local"]) == 1
+    assert "is a Parquet file, not CSV: name it .parquet or .pq, or give --input-format parquet" in (
+        capsys.readouterr().err
+    )

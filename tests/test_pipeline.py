@@ -458,7 +458,8 @@ def test_max_errors_stops_the_job_after_the_batch_that_reaches_it(tmp_path):
     with pytest.raises(JobFailed) as failed:
         score(config, engine=FakeEngine())
     assert str(failed.value) == (
-        f"stopped after 60 rows: 5 rows failed (--max-errors 5); the rows so far are in {out}.part"
+        f"stopped after 60 rows: 5 rows failed (--max-errors 5); the 60 rows so far are in {out}.part: "
+        "--resume continues with the errors counted so far (give a larger --max-errors, or none, to go on)"
     )
     cp = checkpoint_of(out)
     assert (cp["rows"], cp["errors"]) == (60, 5)

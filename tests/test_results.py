@@ -129,3 +129,21 @@ def test_round_trip_for_any_classes_and_errors(n, classes, data):
     for i, row in enumerate(rows):
         assert len(row) == len(classes) + 2
         assert row[-1] == (errors[i] or "")
+
+
+@pytest.mark.parametrize(
+    "accept, kind",
+    [
+        ("application/x-tabserve-npy", "batch"),
+        ("application/x-tabserve-npy, */*", "batch"),
+        ("text/html, text/csv;q=0.9", "csv"),
+        ("*/*", "json"),
+        ("", "json"),
+        ("application/json, application/x-tabserve-npy", "json"),
+        ("image/png", "json"),
+    ],
+)
+def test_the_answer_is_the_first_accepted_type_tabserve_answers_in(accept, kind):
+    from tabserve.handler.entry import _answer_kind
+
+    assert _answer_kind(accept) == kind

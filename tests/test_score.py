@@ -265,7 +265,8 @@ def test_max_errors_stops_early_and_says_where_the_rows_are(tmp_path, model_stor
     ]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "stopped after 20 rows: 20 rows failed (--max-errors 20); the rows so far are in" in err
+    assert "stopped after 20 rows: 20 rows failed (--max-errors 20); the 20 rows so far are in" in err
+    assert "--resume continues with the errors counted so far" in err
     assert not out.exists()
     # The job stopped within a second of starting: the checkpoint is the one it wrote on stopping.
     assert json.loads(Path(str(out) + ".part.json").read_text())["rows"] == 20
@@ -347,7 +348,7 @@ def test_a_killed_job_resumes_to_byte_identical_output(tmp_path, model_store):
 
     proc = subprocess.run([*base, "-o", str(resumed), "--resume"], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
-    assert "from the resumed run" in proc.stdout
+    assert "of them by the interrupted run" in proc.stdout
     assert resumed.read_bytes() == whole.read_bytes()
     assert not checkpoint.exists()
 

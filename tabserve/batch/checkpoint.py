@@ -33,6 +33,9 @@ class Checkpoint:
     errors: int
     blank_lines: int
     formats: tuple[str, str] = ("csv", "csv")  # input and output format
+    # Rows per batch: a resumed job must cut its batches as the first did (a float32 matmul's
+    # last bits depend on a row's batch, so another size would give other last digits).
+    chunk_rows: int = 0
     # Unseen categories so far, per column.
     unseen: dict[str, int] = field(default_factory=dict)
     version: int = VERSION
@@ -75,7 +78,9 @@ class Checkpoint:
         except OSError:  # the output is complete: a stale checkpoint beside it is harmless
             pass
 
-    def check(self, fingerprint: dict[str, Any], formats: tuple[str, str], output: str) -> None:
+    def check(
+        self, fingerprint: dict[str, Any], formats: tuple[str, str], output: str, chunk_rows: int
+    ) -> None:
         """ConfigError unless this checkpoint continues a job on the same input, formats and
         partial output."""
         if self.input != fingerprint:
@@ -88,6 +93,12 @@ class Checkpoint:
                 f"cannot resume: the checkpoint is for {self.formats[0]} to {self.formats[1]}, "
                 f"this job is {formats[0]} to {formats[1]}; run again without --resume"
             )
+        if self.chunk_rows != chunk_rows:
+            raise ConfigError(
+                f"cannot resume: the job was started with --chunk-rows {self.chunk_rows}, not "
+                f"{chunk_rows}: give --chunk-rows {self.chunk_rows} (the output's last digits "
+                "depend on it), or run again without --resume"
+            )
         part = Path(output + ".part")
         if "bytes" in self.writer and (not part.is_file() or part.stat().st_size < self.writer["bytes"]):
             raise ConfigError(f"cannot resume: {part} is missing or shorter than its checkpoint")
@@ -99,8 +110,15 @@ class Checkpointer:
     latest when the job stops early (keep)."""
 
     def __init__(
-        self, output: str, fingerprint: dict[str, Any], formats: tuple[str, str], writer: Any, enabled: bool
+        self,
+        output: str,
+        fingerprint: dict[str, Any],
+        formats: tuple[str, str],
+        writer: Any,
+        enabled: bool,
+        chunk_rows: int = 0,
     ) -> None:
+        self.chunk_rows = chunk_rows
         self.output = output
         self.fingerprint = fingerprint
         self.formats = formats
@@ -133,6 +151,7 @@ class Checkpointer:
             totals.errors,
             totals.blank_lines,
             self.formats,
+            self.chunk_rows,
             dict(totals.unseen),
         )
         cp.save(self.output)

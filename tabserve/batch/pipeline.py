@@ -64,7 +64,8 @@ def score_batch(engine: Engine, batch: Batch, width: int, classifier: bool, max_
         if i > start:
             parts.append(score_contained(engine, batch, start, i, width, classifier))
         if i < batch.n:
-            message = f"record longer than {max_record_bytes} bytes (--max-record-bytes)"
+            too_long = f"record longer than {max_record_bytes} bytes (--max-record-bytes)"
+            message = batch.reasons.get(i) or too_long
             parts.append(Results.refused(1, batch.first_row + i, message, width, classifier))
         start = i + 1
     return Results.concat(parts)

@@ -33,7 +33,8 @@ class Batch:
     n: int  # data rows
     position: dict[str, int]  # where the input stands after this batch (Reader.batches(start=...))
     blank_lines: int = 0  # blank lines skipped inside it (not data rows)
-    oversized: tuple[int, ...] = ()  # rows never sent to an engine (records over the limit)
+    oversized: tuple[int, ...] = ()  # rows never sent to an engine (malformed records)
+    reasons: dict[int, str] = field(default_factory=dict)  # why, when not over the size limit
     records: list[bytes] | None = None  # CSV input: each record's own text
     table: Any = None  # Parquet input: a pyarrow RecordBatch
     header: bytes = b""  # the CSV header line every body starts with
@@ -57,6 +58,11 @@ class CsvReader:
         self.stream = open_input(path)
         self.reader = RecordReader(self.stream, max_record_bytes=max_record_bytes)
         self.header_text = self.reader.header()
+        if self.header_text.startswith("PAR1"):  # Parquet's magic bytes
+            raise ConfigError(
+                f"input {path} is a Parquet file, not CSV: name it .parquet or .pq, or give "
+                "--input-format parquet"
+            )
         self.columns = parse_header(self.header_text)
         self.header = self.header_text.encode("utf-8")
         self.size = os.stat(path).st_size if path != "-" else 0
@@ -83,6 +89,7 @@ class CsvReader:
                 {"offset": c.end_offset, "row": c.first_row + len(c.lines), "index": c.index + 1},
                 c.blank_lines,
                 c.oversized,
+                c.reasons,
                 records=c.lines,
                 header=self.header,
             )
