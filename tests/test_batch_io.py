@@ -906,3 +906,55 @@ def test_a_parquet_file_without_its_extension_is_named_as_parquet(files, tmp_pat
     assert "is a Parquet file, not CSV: name it .parquet or .pq, or give --input-format parquet" in (
         capsys.readouterr().err
     )
+
+
+def test_resuming_a_parquet_input_with_row_groups_of_different_sizes(iris, pools, run, tmp_path):
+    """A checkpoint inside a row group, and smaller groups after it: --resume reads on from
+    the right row (it once re-read part of a group and dropped the last one)."""
+    inp = tmp_path / "uneven.parquet"
+    with pq.ParquetWriter(inp, iris.typed.schema) as w:
+        for start, size in ((0, 70), (70, 10), (80, 10), (90, 110)):  # groups of 70, 10, 10, 110
+            w.write_table(iris.typed.slice(start, size))
+    assert [pq.ParquetFile(inp).metadata.row_group(g).num_rows for g in range(4)] == [70, 10, 10, 110]
+    whole, out = tmp_path / "whole.csv", tmp_path / "out.csv"
+    run("local", inp, whole)
+    config = ScoreConfig(str(inp), str(out), chunk_rows=CHUNK, concurrency=1)
+    with pytest.raises(JobFailed):
+        score(config, engine=StopAfter(pools["iris"], 3 * CHUNK + 1))  # row 48, inside group 1
+    assert run("local", inp, out, resume=True).rows == N
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_hostile_parquet_text_columns_are_read_as_csv_fields_would_be(iris, run, tmp_path):
+    """A large_string column holding commas and quotes, and a string column with invalid
+    UTF-8 (U+FFFD, as in a CSV field), are passed through and the rows scored."""
+    t = iris.typed.slice(0, 4)
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(t, plain)
+    expected = run("local", plain, tmp_path / "plain.csv")
+    ids = pa.array(["a,b", 'say "hi"', "multi\nline", "ok"], pa.large_string())
+    bad = pa.array([b"fine", b"\xffbad", None, b"x"], pa.binary()).view(pa.string())
+    t = t.set_column(t.schema.get_field_index("id"), "id", ids).append_column("raw", bad)
+    inp = tmp_path / "hostile.parquet"
+    pq.write_table(t, inp)
+    for out in (tmp_path / "o.csv", tmp_path / "o.parquet"):
+        result = run("local", inp, out)
+        assert (result.rows, result.errors) == (4, expected.errors)
+    rows = read_csv_output(tmp_path / "o.csv")
+    assert [r[0] for r in rows[1:]] == ["a,b", 'say "hi"', "multi\nline", "ok"]
+    assert rows[2][-len(IRIS_OUT) - 1] == "\ufffdbad"
+
+
+def test_a_bare_carriage_return_in_a_csv_field_is_that_rows_error_in_every_output(run, tmp_path):
+    inp = tmp_path / "cr.csv"
+    inp.write_bytes(
+        (
+            ",".join(HEADER) + '\n1,0.2,5.1,a\rb,3.5,1.4\n2,0.2,5.1,"q\r",3.5,1.4\n3,0.2,5.1,c,3.5,1.4\n'
+        ).encode()
+    )
+    for out in (tmp_path / "cr.csv.out", tmp_path / "cr.parquet"):
+        result = run("local", inp, out)
+        assert (result.rows, result.errors) == (3, 1)
+    table = pq.read_table(tmp_path / "cr.parquet")
+    assert table.column("id").to_pylist() == ["1,0.2,5.1,a\rb,3.5,1.4", "2", "3"]
+    assert "carriage return" in table.column("error").to_pylist()[0]

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ChunkRefused, ServerError, TabserveError
+from ..errors import ChunkRefused, OutputError, ServerError, TabserveError
 from .engines import Engine
 from .readers import Batch
 from .results import Results, add_counts
@@ -129,7 +129,13 @@ def run(
 
     def score_and_render(batch: Batch) -> tuple[Results, Any]:
         results = score_batch(engine, batch, width, classifier, options.max_record_bytes)
-        return results, writer.render(batch, results)
+        try:
+            return results, writer.render(batch, results)
+        except Exception as exc:  # a writer that cannot render a batch: the job's error, named
+            raise OutputError(
+                f"cannot write the rows {batch.first_row:,} to {batch.first_row + batch.n - 1:,}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
 
     def write_oldest() -> None:
         batch, future = inflight.popleft()

@@ -139,10 +139,13 @@ class ParquetReader:
         row = start["row"] - 1 if start else 0  # rows already done
         index = start["index"] if start else 0
         meta = self.file.metadata
-        groups, skip, seen = [], row, 0
+        # The row groups wholly done are skipped; from the first one that is not, every group
+        # is read, and `skip` rows of it are dropped.
+        groups: list[int] = []
+        seen = 0
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
-            if seen + n <= row:
+            if not groups and seen + n <= row:
                 seen += n
                 continue
             groups.append(g)
@@ -167,7 +170,7 @@ class ParquetReader:
                     row += part.num_rows
             if pending is not None and pending.num_rows:
                 yield self._batch(pending, index, row)
-        except OSError as exc:  # pyarrow's I/O and decoding errors derive from it
+        except (OSError, ValueError) as exc:  # pyarrow's I/O and decoding errors (ArrowInvalid)
             raise InputError(f"cannot read {self.path} after row {row:,}: {exc}") from exc
 
     def _record_batches(self, groups: list[int]) -> Iterator[Any]:
@@ -240,6 +243,18 @@ def table_lines(table: Any) -> Any:
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 col = pa.array([_text(v) for v in col.to_pylist()], type=pa.string())
         elif table.num_rows:
+            if pa.types.is_large_string(col.type):
+                col = col.cast(pa.string())
+            try:
+                col.validate(full=True)
+            except pa.ArrowInvalid:  # invalid UTF-8: read as a CSV field would be, U+FFFD
+                col = pa.array(
+                    [
+                        None if v is None else v.decode("utf-8", "replace")
+                        for v in col.cast(pa.binary()).to_pylist()
+                    ],
+                    pa.string(),
+                )
             special = pc.match_substring_regex(col, '[",\r\n]')
             if pc.any(special).as_py():
                 quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")

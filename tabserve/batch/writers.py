@@ -40,9 +40,14 @@ ROW_GROUP_ROWS = 128 * 1024
 
 
 def _field_count(record: bytes) -> int:
+    """Fields in one record, as the csv module reads it; -1 when it cannot read it (a bare
+    carriage return inside an unquoted field)."""
     if b'"' not in record:
         return record.count(b",") + 1
-    return len(next(csv.reader([record.decode("utf-8")]), []))
+    try:
+        return len(next(csv.reader([record.decode("utf-8")]), []))
+    except csv.Error:
+        return -1
 
 
 class CsvWriter:
@@ -343,10 +348,12 @@ def _csv_columns(records: list[bytes], width: int, oversized: tuple[int, ...] = 
     import pyarrow as pa
 
     text = b"\n".join(records).decode("utf-8")
-    rows = list(csv.reader(text.split("\n"))) if '"' not in text and not oversized else None
+    rows = None
+    if '"' not in text and "\r" not in text and not oversized:
+        rows = list(csv.reader(text.split("\n")))
     if rows is None or len(rows) != len(records):
         skip = set(oversized)
-        rows = [[] if i in skip else next(csv.reader([r.decode("utf-8")]), []) for i, r in enumerate(records)]
+        rows = [[] if i in skip else _fields(r) for i, r in enumerate(records)]
     cols: list[list[str | None]] = [[] for _ in range(width)]
     for rec, row in zip(records, rows):
         if len(row) != width:
@@ -354,6 +361,14 @@ def _csv_columns(records: list[bytes], width: int, oversized: tuple[int, ...] = 
         for j in range(width):
             cols[j].append(row[j])
     return [pa.array(c, type=pa.string()) for c in cols]
+
+
+def _fields(record: bytes) -> list[str]:
+    """One record's fields, or none when the csv module cannot read it (it is malformed)."""
+    try:
+        return next(csv.reader([record.decode("utf-8")]), [])
+    except csv.Error:
+        return []
 
 
 WRITERS = {"csv": CsvWriter, "parquet": ParquetWriter}

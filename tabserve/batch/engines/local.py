@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,11 +153,27 @@ def _start_worker(mar: str) -> None:
     global _worker
     from multiprocessing.util import Finalize
 
+    _die_with_parent()
     _worker = LocalEngine(Path(mar))
     # Pool workers leave through multiprocessing's exit path, which runs finalizers (not
     # atexit): remove the unpacked archive there. A killed worker's folder is removed by the
     # pool (close) or the next run.
     Finalize(_worker, _worker.close, exitpriority=10)
+
+
+def _die_with_parent(every: float = 0.5) -> None:
+    """End this worker when the scorer that started it is gone (killed with SIGKILL, say: it
+    cannot shut its pool down then), so no worker outlives the job. Its unpacked archive is
+    removed by the next run's remove_stale_local_dirs()."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:  # re-parented: the scorer is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="tabserve-parent-watch", daemon=True).start()
 
 
 def _worker_probe(header: bytes) -> list[str]:
