@@ -80,7 +80,9 @@ def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
 
 def unseen_counts(value: str | None) -> dict[str, int]:
     """An UNSEEN_HEADER value as {column: count}; {} when absent or malformed: a count is a
-    report, never a reason to fail a batch."""
+    report, never a reason to fail a batch. (handler.response has the same function: this
+    file runs on Spark executors on its own, where neither tabserve nor the handler can be
+    imported by name.)"""
     if not value:
         return {}
     try:
