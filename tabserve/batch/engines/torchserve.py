@@ -47,8 +47,8 @@ _PREDICTIONS = re.compile(r"^(?P<prefix>.*?)/predictions/(?P<model>[^/]+)(?:/(?P
 EMBEDDED_TOKEN_MINUTES = 60 * 24 * 365
 # The embedded server's JVM (unless --config sets vmargs): a short-lived frontend that only
 # passes bytes on does best without the C2 compiler and G1's threads, which compete with the
-# workers for the cores. bench/batch.py's note: start 2.9 s instead of 3.5-3.9 s, and 1M rows
-# at 378-403k rows/s instead of 275-299k through a running server, on 2 cores.
+# workers for the cores. bench/jvm.py on 2 cores: start 2.6-3.2 s instead of 3.1-3.6 s, and
+# 1M rows through a running server at 381-398k rows/s instead of 277-286k.
 EMBEDDED_VMARGS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 
 
