@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,7 +291,3 @@ def result_fields(results: Results, columns: Sequence[str]) -> list[bytes]:
     if len(results) == 0:
         return []
     return pc.binary_join_element_wise(*_field_columns(results, columns), b",").to_pylist()
-
-
-def failed_rows(results: Results) -> Iterable[int]:
-    return results.errors.keys()

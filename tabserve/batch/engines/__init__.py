@@ -17,7 +17,6 @@ A job engine (`run_job(config)`, Spark) reads and writes the files itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,8 +71,6 @@ ENGINES: dict[str, EngineSpec] = {
         "spark", "spark", "the archive's handler on Spark executors (OUTPUT is a folder of part files)"
     ),
 }
-
-Opener = Callable[["ScoreConfig", ExitStack], Engine]
 
 
 def model_name(config: ScoreConfig) -> str:
