@@ -194,17 +194,9 @@ def _score_partition(
 
         def call(lines: list[str], first: int) -> Any:
             """Results for these records, or an exception, with --engine local's messages
-            (tabserve.batch.engines.local.LocalEngine)."""
+            (results.call_handler words a handler's failure for both)."""
             body = b"\n".join([header_bytes, *(line.encode("utf-8") for line in lines)]) + b"\n"
-            try:
-                status, out = results.score_body(model, body, len(lines), first)
-            except results.AnswerError as exc:
-                raise RuntimeError(f"the archive's handler, batch starting at row {first}: {exc}") from exc
-            except Exception as exc:  # the handler failed on this body: the chunk's failure
-                raise RuntimeError(
-                    f"the model's handler failed on the batch starting at row {first}: "
-                    f"{type(exc).__name__}: {str(exc)[:300]}"
-                ) from exc
+            status, out = results.call_handler(model, body, len(lines), first)
             if status != 200:
                 raise _Refused(str(out))
             return out

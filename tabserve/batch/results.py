@@ -191,6 +191,25 @@ def score_body(model: Any, body: bytes, n: int, first_row: int) -> tuple[int, Re
     return 200, from_batch(answer.body, n, unseen)
 
 
+class HandlerFailed(Exception):
+    """The archive's handler raised on a body, or answered what is not a batch answer for it:
+    the batch's failure (the engines split it to find the rows that cause it)."""
+
+
+def call_handler(model: Any, body: bytes, n: int, first_row: int) -> tuple[int, Results | str]:
+    """score_body, with any failure of the handler as HandlerFailed, worded the same for every
+    in-process engine (the local engine and Spark write the same error text)."""
+    try:
+        return score_body(model, body, n, first_row)
+    except AnswerError as exc:
+        raise HandlerFailed(f"the archive's handler, batch starting at row {first_row}: {exc}") from exc
+    except Exception as exc:  # the handler failed on this body: the batch's failure
+        raise HandlerFailed(
+            f"the model's handler failed on the batch starting at row {first_row}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+
+
 @dataclass
 class _Answer:
     status: int

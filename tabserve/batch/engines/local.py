@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ChunkRefused, ConfigError, ServerError, TabserveError
-from ..results import AnswerError, Results, read_batch, score_body
+from ..results import HandlerFailed, Results, call_handler, read_batch
 from . import archive_path
 
 if TYPE_CHECKING:
@@ -50,14 +50,9 @@ class LocalEngine:
 
     def _call(self, body: bytes, n: int, first_row: int) -> tuple[int, Results | str]:
         try:
-            return score_body(self.model, body, n, first_row)
-        except AnswerError as exc:
-            raise ServerError(f"the archive's handler, batch starting at row {first_row}: {exc}") from exc
-        except Exception as exc:  # the handler failed on this body: the batch's failure
-            raise ServerError(
-                f"the model's handler failed on the batch starting at row {first_row}: "
-                f"{type(exc).__name__}: {str(exc)[:300]}"
-            ) from exc
+            return call_handler(self.model, body, n, first_row)
+        except HandlerFailed as exc:
+            raise ServerError(str(exc)) from exc
 
     def probe(self, header: bytes) -> list[str]:
         respond = getattr(self.model, "respond", None)
