@@ -305,6 +305,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         engine=args.engine,
         master=args.master,
         partitions=args.partitions,
+        multiline=args.multiline,
         max_record_bytes=args.max_record_bytes,
         input_format=args.input_format,
         output_format=args.format,
@@ -634,6 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=env_int("PARTITIONS", None),
         help="--engine spark: split the input into about N partitions",
+    )
+    sc.add_argument(
+        "--multiline",
+        action="store_true",
+        default=env_flag("SPARK_MULTILINE"),
+        help="--engine spark: read CSV with Spark's CSV reader, whose quoted fields may span lines "
+        "(each file is then read by one task; the other engines always read them)",
     )
     sc.add_argument(
         "--url",

@@ -48,6 +48,7 @@ class ScoreConfig:
     engine: str = "torchserve"  # "local": the archive's handler in worker processes; "spark"
     master: str = "local[*]"  # --engine spark
     partitions: int | None = None  # --engine spark: about this many input splits
+    multiline: bool = False  # --engine spark: Spark's CSV reader, records over several lines
     timeout: float = 300.0
     retries: int = 8
     progress: bool | None = None  # None: on a terminal only
@@ -64,6 +65,11 @@ class ScoreConfig:
             raise ConfigError(f"--max-record-bytes must be at least 1, got {self.max_record_bytes}")
         if self.retries < 0:
             raise ConfigError(f"--retries must be 0 or more, got {self.retries}")
+        if self.multiline and self.engine != "spark":
+            raise ConfigError(
+                "--multiline is for --engine spark (the other engines always read quoted fields "
+                "that span lines)"
+            )
         if self.partitions is not None and self.partitions < 1:
             raise ConfigError(f"--partitions must be at least 1, got {self.partitions}")
         if self.concurrency is not None and self.concurrency < 1:

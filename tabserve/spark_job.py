@@ -1,56 +1,64 @@
-"""Batch scoring on Spark: the archive's own handler on the executors.
+"""Batch scoring on Spark: the archive's own handler on the executors, fed by Spark's readers.
 
-Run by `tabserve score ... --engine spark`, or submitted directly (the driver needs no
-tabserve installation, only this file with batch/results.py beside it, as in a tabserve source
-tree, pyspark and the .mar):
+Run by `tabserve score ... --engine spark`, or submitted directly (the driver needs no tabserve
+installation, only this file with batch/results.py and batch/spark_tasks.py beside it, as in a
+tabserve source tree, pyspark and the .mar):
 
     spark-submit --master local[*] tabserve/spark_job.py --archive model_store/iris.mar \\
-        INPUT OUTPUT [--partitions N] [--chunk-rows 5000]
+        INPUT OUTPUT [--partitions N] [--chunk-rows 5000] [--input-format csv|parquet] \\
+        [--format csv|parquet] [--multiline]
 
-INPUT is any path Spark reads (a file or a folder of CSV files with the same header; local,
-oci://bucket@namespace/path, s3a://, hdfs://). OUTPUT is a folder of part files written by
-Spark's committer (atomic per job): read in name order they are the input rows in input order,
-each followed by label, p_<class>... and error (a regression model: prediction and error), and
-part-00000 starts with the header.
+INPUT is any path Spark reads (local, oci://bucket@namespace/path, s3a://, hdfs://): a CSV or
+Parquet file, or a folder of them with one header (one schema). CSV is read by Spark's CSV
+reader with every column as text (so the handler reads what the other engines send it), RFC
+4180 quoting ("" inside quotes), and Spark's malformed-record column: a record with another
+number of fields reaches the handler as its own text, which names it as the other engines do.
+Parquet is read by Spark's Parquet reader, typed.
 
-Each record is one physical line (Spark's text reader splits at every newline: quoted fields
-with newlines are not supported here; the local and TorchServe engines support them). Lines
-equal to the header are headers (as Spark's CSV reader treats them); blank lines are skipped.
+The rows go to the executors' Python workers as Arrow record batches (mapInArrow, batches of
+--chunk-rows); tabserve/batch/spark_tasks.py scores each through the local engine's batch
+function and containment rule and answers the output's record batches. OUTPUT is a folder
+written by Spark's committer (atomic per job, _SUCCESS at the end): CSV part files (the text the
+local engine writes; part-00000 starts with the header) or Parquet part files (typed columns, as
+the other engines' Parquet output). Read in name order, the part files are the input rows in
+input order: each partition is one input split (no shuffle), the splits of a file are in file
+order, and the files of a folder are read in name order (one scan per file, unioned).
 
-Each partition is scored in chunks of --chunk-rows through tabserve.batch.results.score_body
-(the archive's handler, as --engine local calls it) and written with its render_rows, inside
-the same containment rule as tabserve.batch.pipeline.score_contained: a chunk that fails is
-split in halves until the rows that cause it are found. So a part file holds the bytes
---engine local writes for the same rows (the probabilities' last bits can differ where the
-chunks do: a float32 matmul's last bits depend on the batch).
+Error messages carry each row's number in the whole input. With more than one partition that
+takes a count pass first (a Spark job that parses the input and counts each partition's rows in
+the JVM, no Python); each task checks its count against it.
 
-The driver ships tabserve/batch/results.py to the executors (addPyFile, as the module
-`tabserve_batch_results`), so they need no tabserve installation either (where tabserve is
-installed on them, they import its tabserve.batch.results instead).
-The executors' Python needs torch, numpy and pyarrow (pyarrow formats the numbers; pyspark's
-Arrow support needs it anyway).
+The driver ships batch/results.py and batch/spark_tasks.py to the executors as one package
+(addPyFile), so they need no tabserve installation either. The executors' Python needs torch,
+numpy and pyarrow (pyspark's Arrow support needs pyarrow anyway).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import csv
+import importlib
 import json
 import shutil
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pyspark.accumulators import AccumulatorParam
 
-# The name under which the driver ships tabserve/batch/results.py to the executors: a
-# top-level module name that no other package is likely to use.
-RESULTS_MODULE = "tabserve_batch_results"
+# The package under which the driver ships batch/results.py and batch/spark_tasks.py to the
+# executors: a top-level name that no other package is likely to use.
+EXECUTOR_PACKAGE = "tabserve_spark_executor"
+EXECUTOR_FILES = ("results.py", "spark_tasks.py")
+# Spark's CSV reader puts a malformed record's text in this column (columnNameOfCorruptRecord).
+RAW_COLUMN = "_tabserve_malformed_record"
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
-_models: dict[str, Any] = {}
-_shipped: dict[str, Path] = {}  # Spark application id -> the copy of results.py it was given
+_shipped: dict[str, Any] = {}  # Spark application id -> the shipped spark_tasks module
 
 
 class SparkJobError(Exception):
@@ -72,203 +80,106 @@ class CountsParam(AccumulatorParam):
         return {}
 
     def addInPlace(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:  # Spark's name
-        return _add_counts(a, b)
+        for k, v in b.items():
+            a[k] = a.get(k, 0) + v
+        return a
 
 
-def _add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
-    for k, v in more.items():
-        total[k] = total.get(k, 0) + v
-    return total
-
-
-def _model(mar_name: str) -> Any:
-    """The archive's LocalModel, unpacked once per Python worker. (tabserve.batch.engines.local
-    has the same loader; this module must run where tabserve is not installed, so it keeps its
-    own.)"""
-    if mar_name not in _models:
-        import importlib
-        import importlib.util
-
-        from pyspark import SparkFiles
-
-        into = Path(tempfile.mkdtemp(prefix="tabserve-spark-"))
-        with zipfile.ZipFile(SparkFiles.get(mar_name)) as z:
-            z.extractall(into)
-        pkg = into / "tabserve_handler"
-        name = f"tabserve_handler_{abs(hash(str(into)))}"
-        spec = importlib.util.spec_from_file_location(
-            name, pkg / "__init__.py", submodule_search_locations=[str(pkg)]
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[name] = package
-        spec.loader.exec_module(package)
-        local = importlib.import_module(f"{name}.local")
-        _models[mar_name] = local.LocalModel(into)
-    return _models[mar_name]
-
-
-def _results() -> Any:
-    """tabserve.batch.results on an executor: the copy the driver shipped (ship_results: the
-    driver's own version), else an installed tabserve's (when run without ship_results)."""
-    import importlib
-
+def executor_sources() -> dict[str, Path]:
+    """batch/results.py and batch/spark_tasks.py on the driver: beside this file (the same
+    version, installed or in a source tree), else the installed tabserve's."""
+    beside = Path(__file__).resolve().parent / "batch"
+    if all((beside / f).is_file() for f in EXECUTOR_FILES):
+        return {f: beside / f for f in EXECUTOR_FILES}
     try:
-        return importlib.import_module(RESULTS_MODULE)
-    except ImportError:
-        from tabserve.batch import results
-
-        return results
-
-
-def results_source() -> Path:
-    """tabserve/batch/results.py on the driver: the one beside this file (the same version,
-    installed or in a source tree), else the installed tabserve's."""
-    beside = Path(__file__).resolve().parent / "batch" / "results.py"
-    if beside.is_file():
-        return beside
-    try:
-        from tabserve.batch import results
+        from tabserve import batch
     except ImportError:
         raise SparkJobError(
-            f"cannot find tabserve/batch/results.py (not at {beside}, and tabserve is not "
-            "installed): the executors score with it; submit this file from a tabserve source "
+            f"cannot find {' and '.join(EXECUTOR_FILES)} (not in {beside}, and tabserve is not "
+            "installed): the executors score with them; submit this file from a tabserve source "
             "tree, or install tabserve"
         ) from None
-    return Path(results.__file__)
+    return {f: Path(batch.__file__).parent / f for f in EXECUTOR_FILES}
 
 
-def ship_results(sc: Any) -> None:
-    """Send results.py to the executors as RESULTS_MODULE (a copy in a private temporary
-    folder, kept until this process ends: the executors fetch it when their tasks start, and
-    Spark refuses a second file of one name from another path, so each application gets one)."""
+def ship_executor_code(sc: Any) -> Any:
+    """Send results.py and spark_tasks.py to the executors as the package EXECUTOR_PACKAGE (a
+    zip in a private temporary folder, kept until this process ends: the executors fetch it
+    when their tasks start, and Spark refuses a second file of one name from another path, so
+    each application gets one), and return its spark_tasks as the driver imports it: its
+    functions are then pickled by name, and each Python worker keeps its module (and the
+    model loaded in it) from task to task."""
     app = sc.applicationId
-    if app in _shipped:
-        return
-    source = results_source()
-    folder = Path(tempfile.mkdtemp(prefix="tabserve-spark-driver-"))
-    atexit.register(shutil.rmtree, folder, True)
-    copy = folder / f"{RESULTS_MODULE}.py"
-    shutil.copyfile(source, copy)
-    sc.addPyFile(str(copy))
-    _shipped[app] = copy
+    if app not in _shipped:
+        folder = Path(tempfile.mkdtemp(prefix="tabserve-spark-driver-"))
+        atexit.register(shutil.rmtree, folder, True)
+        package = folder / f"{EXECUTOR_PACKAGE}.zip"
+        with zipfile.ZipFile(package, "w") as z:
+            z.writestr(f"{EXECUTOR_PACKAGE}/__init__.py", "")
+            for name, source in executor_sources().items():
+                z.write(source, f"{EXECUTOR_PACKAGE}/{name}")
+        sc.addPyFile(str(package))
+        for name in [m for m in sys.modules if m.split(".")[0] == EXECUTOR_PACKAGE]:
+            del sys.modules[name]  # another application's copy
+        importlib.invalidate_caches()
+        _shipped[app] = importlib.import_module(f"{EXECUTOR_PACKAGE}.spark_tasks")
+    return _shipped[app]
 
 
-class _Refused(Exception):
-    """The handler refused a chunk as a whole (its message)."""
+class Input(NamedTuple):
+    """The input files (in name order) and their format."""
+
+    files: list[str]
+    format: str
 
 
-def _field_count(record: str) -> int:
-    """Fields in one CSV record (as tabserve.batch.writers counts them), whatever their
-    length: the csv module's field limit is raised for the count only (the handler in this
-    worker reads its own limit from it)."""
-    if '"' not in record:
-        return record.count(",") + 1
-    import csv
-
-    limit = csv.field_size_limit(max(csv.field_size_limit(), len(record) + 1))
-    try:
-        return len(next(csv.reader([record]), []))
-    finally:
-        csv.field_size_limit(limit)
-
-
-def _score_partition(
-    mar_name: str,
-    header: str,
-    width: int,
-    chunk_rows: int,
-    columns: list[str],
-    counted_rows,
-    counted_errors,
-    counted_unseen,
-):
-    classifier = columns[0] == "label"
-    n_values = len(columns) - 2 if classifier else 1
-    header_bytes = header.encode("utf-8")
-
-    def run(index: int, rows):
-        results = _results()
-        model = _model(mar_name)
-        if index == 0:
-            yield header + "," + ",".join(map(results.quote, columns))
-
-        def call(lines: list[str], first: int) -> Any:
-            """Results for these records, or an exception, with --engine local's messages
-            (results.call_handler words a handler's failure for both)."""
-            body = b"\n".join([header_bytes, *(line.encode("utf-8") for line in lines)]) + b"\n"
-            status, out = results.call_handler(model, body, len(lines), first)
-            if status != 200:
-                raise _Refused(str(out))
-            return out
-
-        def contained(lines: list[str], first: int) -> Any:
-            """tabserve.batch.pipeline.score_contained's rule: a chunk that fails in any way
-            is split in halves, recursively, and a single row that still fails gets the
-            reason as its error. Only the answers kept count their unseen categories. Each
-            record here is one physical line: a line with an unbalanced quote makes the
-            handler's CSV reading join lines, and so answer fewer rows; splitting then
-            leaves that line alone with its error."""
-            try:
-                return call(lines, first)
-            except Exception as exc:  # the boundary: any failure is these rows' own
-                if len(lines) == 1:
-                    reason = f"chunk refused: {exc}" if str(exc) else f"chunk refused: {type(exc).__name__}"
-                    return results.Results.refused(1, first, reason, n_values, classifier)
-                mid = len(lines) // 2
-                return results.Results.concat(
-                    [contained(lines[:mid], first), contained(lines[mid:], first + mid)]
-                )
-
-        def flush(batch: list[tuple[str, int]]) -> str:
-            lines = [line for line, _ in batch]
-            scored = contained(lines, batch[0][1] + 1)
-            records = [line.encode("utf-8") for line in lines]
-            if scored.errors:  # a failed record with another number of fields: as CsvWriter
-                pad = b"," * (width - 1)
-                for i in scored.errors:
-                    if _field_count(lines[i]) != width:
-                        records[i] = results.quote(lines[i]).encode("utf-8") + pad
-            # The lines tabserve.batch.writers.CsvWriter writes, by the same function.
-            block = results.render_rows(records, scored, columns).decode("utf-8")
-            # Accumulators updated in a transformation count again if Spark runs the task again
-            # (a lost executor, speculation); the rows and errors have the same caveat.
-            counted_rows.add(len(lines))
-            counted_errors.add(len(scored.errors))
-            if scored.unseen:
-                counted_unseen.add(dict(scored.unseen))
-            return block[:-1]  # one element per chunk: saveAsTextFile ends it with a line end
-
-        batch: list[tuple[str, int]] = []
-        for line, row_index in rows:
-            batch.append((line, row_index))
-            if len(batch) == chunk_rows:
-                yield flush(batch)
-                batch = []
-        if batch:
-            yield flush(batch)
-
-    return run
-
-
-def read_first_line(spark, path: str) -> str:
-    """The header, read through Hadoop's file system on the driver: no Spark job."""
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+def list_input(spark: Any, path: str, given: str | None) -> Input:
+    """INPUT's files through Hadoop's file system, on the driver (no Spark job): the file, or a
+    folder's files (not hidden, not _SUCCESS and the like) in name order."""
+    sc = spark.sparkContext
+    jvm = sc._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(conf)
-    if fs.getFileStatus(hpath).isDirectory():
-        files = sorted(
-            (
-                s.getPath()
-                for s in fs.listStatus(hpath)
-                if s.isFile() and not s.getPath().getName().startswith((".", "_"))
-            ),
-            key=lambda p: p.getName(),
+    try:
+        fs = hpath.getFileSystem(sc._jsc.hadoopConfiguration())
+        status = fs.getFileStatus(hpath)
+    except Exception as exc:  # py4j's error for FileNotFoundException, a bad scheme...
+        raise SparkJobError(f"cannot read {path}: {_java_message(exc)}") from None
+    if status.isDirectory():
+        names = sorted(
+            (s.getPath().toString() for s in fs.listStatus(hpath) if s.isFile()),
+            key=lambda p: p.rsplit("/", 1)[-1],
         )
+        files = [p for p in names if not p.rsplit("/", 1)[-1].startswith((".", "_"))]
         if not files:
             raise SparkJobError(f"{path} holds no files")
-        hpath = files[0]
-    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(fs.open(hpath), "UTF-8"))
+    else:
+        files = [status.getPath().toString()]
+    if given:
+        if given not in ("csv", "parquet"):
+            raise SparkJobError(f"--input-format must be csv or parquet, got {given!r}")
+        return Input(files, given)
+    parquet = path.lower().endswith(PARQUET_SUFFIXES) or files[0].lower().endswith(PARQUET_SUFFIXES)
+    return Input(files, "parquet" if parquet else "csv")
+
+
+def _java_message(exc: Exception) -> str:
+    java = getattr(exc, "java_exception", None)
+    text = str(java) if java is not None else str(exc)
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def read_first_line(spark: Any, path: str) -> str:
+    """A file's first line, read through Hadoop's file system on the driver (decompressed as
+    Spark would, by its name: .gz, .bz2...): no Spark job."""
+    sc = spark.sparkContext
+    jvm = sc._jvm
+    conf = sc._jsc.hadoopConfiguration()
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    stream = hpath.getFileSystem(conf).open(hpath)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
+    if codec is not None:
+        stream = codec.createInputStream(stream)
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
     try:
         line = reader.readLine()
     finally:
@@ -294,60 +205,338 @@ def output_columns(schema: dict[str, Any]) -> list[str]:
     return ["label", *(f"p_{c}" for c in classes), "error"]
 
 
-def run(
-    spark, mar: Path, input_path: str, output: str, partitions: int | None = None, chunk_rows: int = 5000
-) -> SparkResult:
-    """Score INPUT into the OUTPUT folder with the archive's handler on the executors."""
-    import csv
-
-    mar = Path(mar)
-    features, out_columns = archive_schema(mar)
-    header = read_first_line(spark, input_path)
-    names = [n.strip() for n in next(csv.reader([header]))]
+def check_columns(names: list[str], features: list[str], out_columns: list[str], what: str) -> None:
+    """The input's columns against the model's (the checks every engine makes, here before
+    any Spark job: this module runs without tabserve)."""
     missing = [f for f in features if f not in names]
     if missing:
         raise SparkJobError(
-            f"CSV header lacks feature column(s) {', '.join(map(repr, missing))}; header was {header!r}"
+            f"{what} lacks feature column(s) {', '.join(map(repr, missing))}; "
+            f"it has {', '.join(map(repr, names))}"
         )
     clash = [c for c in out_columns if c in names]
-    if clash:  # as tabserve.scorer.output_clash (this module runs without tabserve)
+    if clash:  # as tabserve.scorer.output_clash
         raise SparkJobError(
             f"the input already has column(s) {', '.join(map(repr, clash))}, which the output adds: "
             "rename or remove them in the input"
         )
     twice = [f for f in features if names.count(f) > 1]
     if twice:  # as handler.rows.check_header_names
-        raise SparkJobError(f"CSV header has feature column(s) {', '.join(map(repr, twice))} more than once")
+        raise SparkJobError(f"{what} has feature column(s) {', '.join(map(repr, twice))} more than once")
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names for Spark, which refuses a name twice: a name seen before gets its
+    position appended, as Spark's CSV reader names them (only Spark sees these names; the
+    handler gets the header line itself)."""
+    out = []
+    for i, n in enumerate(names):
+        lower = [m.lower() for m in names]
+        out.append(n if lower.count(n.lower()) == 1 else f"{n}{i}")
+    return out
+
+
+class Frame(NamedTuple):
+    """The input as one DataFrame whose partitions are the input's rows in order."""
+
+    df: Any
+    source: str  # "text", "csv" (--multiline) or "parquet": see spark_tasks.Task
+    header: bytes  # the header line every body sent to the handler starts with
+    names: list[str]  # the input's columns as the handler reads them
+    spark_names: list[str]  # ... as Spark names them (unique)
+    file_starts: frozenset[int]  # "text": the partitions that start with a file's header line
+    raw: str | None  # "csv": the malformed-record column
+
+
+# A blank line is not a data row: empty, or whitespace only as tabserve.csvio reads it (ASCII
+# whitespace in an ASCII line; any of str.isspace's characters in a line that is not ASCII).
+# Filtered in the JVM, before the count pass and the scoring, so both see the same rows.
+_SPACE = "".join(f"\\x{{{c:x}}}" for c in range(0x3001) if chr(c).isspace())
+BLANK_LINE = f"\\A(?:[ \\t\\n\\x0b\\x0c\\r]*|(?=[\\s\\S]*[^\\x00-\\x7f])[{_SPACE}]*)\\z"
+
+
+def _blank(value: Any) -> Any:
+    """BLANK_LINE as a Spark expression: the regular expression only for the lines that
+    start with whitespace or a character that is not ASCII (or are empty)."""
+    from pyspark.sql.functions import ascii as first_code
+
+    code = first_code(value)
+    return (code <= 32) | (code >= 127) & value.rlike(BLANK_LINE)
+
+
+def parquet_columns(spark: Any, path: str) -> list[str]:
+    """A Parquet file's column names, from its footer through Hadoop's file system on the
+    driver (spark.read.parquet would run a job to infer the schema)."""
     sc = spark.sparkContext
-    sc.addFile(str(mar))
-    ship_results(sc)
+    jvm = sc._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    try:
+        footer = jvm.org.apache.parquet.hadoop.ParquetFileReader.readFooter(
+            sc._jsc.hadoopConfiguration(), hpath
+        )
+    except Exception as exc:  # py4j's error: not Parquet, truncated, unreadable
+        raise SparkJobError(f"cannot read {path} as Parquet: {_java_message(exc)}") from None
+    return [f.getName() for f in footer.getFileMetaData().getSchema().getFields()]
+
+
+def read_input(spark: Any, source: Input, multiline: bool, check: Any = None) -> Frame:
+    """The input's files as one DataFrame: a union of one scan per file in name order (a
+    union's partitions are its inputs' partitions in order, and a scan's partitions are its
+    file's splits in order), with the header line the handler gets and the column names;
+    `check` is called with the column names before any scan is planned (a refusal runs no job)."""
+    from pyspark.sql.functions import col
+
+    frames: list[Any] = []
+    if source.format == "parquet":
+        if check is not None:
+            check(parquet_columns(spark, source.files[0]))
+        schema = None
+        for path in source.files:
+            df = spark.read.parquet(path)
+            if schema is None:
+                schema = df.schema
+            elif df.schema != schema:
+                raise SparkJobError(
+                    f"{path} has columns {df.schema.simpleString()}, not those of {source.files[0]}: "
+                    f"{schema.simpleString()}"
+                )
+            frames.append(df)
+        names = frames[0].columns
+        header = ",".join(map(_quote, names)).encode("utf-8")
+        return Frame(_union(frames), "parquet", header, names, names, frozenset(), None)
+
+    header_text = read_first_line(spark, source.files[0])
+    for path in source.files[1:]:
+        other = read_first_line(spark, path)
+        if other != header_text:
+            raise SparkJobError(
+                f"{path} has header {other!r}, not that of {source.files[0]}: {header_text!r}"
+            )
+    try:
+        names = [n.strip() for n in next(csv.reader([header_text]))]
+    except csv.Error as exc:
+        raise SparkJobError(f"cannot read the CSV header {header_text!r}: {exc}") from None
+    if check is not None:
+        check(names)
+    spark_names = unique_names(names)
+    header = header_text.encode("utf-8")
+    if not multiline:
+        # Spark's text reader: each line is one record, as its own bytes (splittable; a line
+        # ends at \n, \r\n or \r). The first line of each file is its header.
+        starts, at = [], 0
+        for path in source.files:
+            lines = spark.read.text(path)
+            df = lines.where(~_blank(col("value"))).select(col("value").cast("binary"))
+            frames.append(df)
+            starts.append(at)
+            at += df._jdf.rdd().getNumPartitions()
+        return Frame(_union(frames), "text", header, names, spark_names, frozenset(starts), None)
+
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    raw = RAW_COLUMN
+    while raw in spark_names:
+        raw += "_"
+    schema = StructType([StructField(n, StringType()) for n in [*spark_names, raw]])
+    for path in source.files:
+        frames.append(
+            spark.read.csv(
+                path,
+                schema=schema,
+                header=True,
+                escape='"',
+                mode="PERMISSIVE",
+                columnNameOfCorruptRecord=raw,
+                multiLine=True,
+                enforceSchema=True,  # the headers were checked above, against the first's
+            )
+        )
+    return Frame(_union(frames), "csv", header, names, spark_names, frozenset(), raw)
+
+
+def _union(frames: list[Any]) -> Any:
+    df = frames[0]
+    for more in frames[1:]:
+        df = df.union(more)
+    return df
+
+
+def _quote(field: str) -> str:
+    if any(c in field for c in ',"\r\n'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
+def row_offsets(frame: Frame) -> tuple[list[int] | None, list[int] | None]:
+    """Each partition's count of data rows, and the data rows before it, for row numbers:
+    a Spark job in the JVM (no Python). (None, None) with one partition: no count pass."""
+    from pyspark.sql.functions import spark_partition_id
+
+    n = frame.df._jdf.rdd().getNumPartitions()
+    if n <= 1:
+        return None, None
+    counts = [0] * n
+    for r in frame.df.groupBy(spark_partition_id().alias("p")).count().collect():
+        counts[r["p"]] = r["count"] - (1 if r["p"] in frame.file_starts else 0)
+    offsets, total = [], 0
+    for c in counts:
+        offsets.append(total)
+        total += c
+    return counts, offsets
+
+
+def output_exists(spark: Any, path: str) -> bool:
+    sc = spark.sparkContext
+    hpath = sc._jvm.org.apache.hadoop.fs.Path(path)
+    return bool(hpath.getFileSystem(sc._jsc.hadoopConfiguration()).exists(hpath))
+
+
+@contextmanager
+def session_settings(spark: Any, settings: dict[str, str]):
+    """The session's SQL settings for one job, put back as they were after it (the session
+    may be a notebook's, used for other work)."""
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+def run(
+    spark: Any,
+    mar: Path,
+    input_path: str,
+    output: str,
+    partitions: int | None = None,
+    chunk_rows: int = 5000,
+    input_format: str | None = None,
+    output_format: str | None = None,
+    multiline: bool = False,
+) -> SparkResult:
+    """Score INPUT into the OUTPUT folder with the archive's handler on the executors."""
+    mar = Path(mar)
+    features, out_columns = archive_schema(mar)
+    fmt = output_format or ("parquet" if output.rstrip("/").lower().endswith(PARQUET_SUFFIXES) else "csv")
+    if fmt not in ("csv", "parquet"):
+        raise SparkJobError(f"--format must be csv or parquet, got {fmt!r}")
+    if output_exists(spark, output):
+        raise SparkJobError(f"{output} already exists: the job writes a new folder; remove it or name one")
+    source = list_input(spark, input_path, input_format)
+    # Arrow batches of --chunk-rows; --partitions: splits of about 1/N of the input, without a
+    # shuffle, which keeps the order.
+    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(chunk_rows)}
     if partitions:
-        # Split the input into about N partitions without a shuffle, which keeps the order.
-        jvm = sc._jvm
-        hpath = jvm.org.apache.hadoop.fs.Path(input_path)
-        size = hpath.getFileSystem(sc._jsc.hadoopConfiguration()).getContentSummary(hpath).getLength()
-        spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(size // partitions + 1, 1 << 16)))
-    lines = spark.read.text(input_path).rdd.map(lambda r: r[0].rstrip("\r"))
-    # Blank lines as the other engines read them (empty, or whitespace only), and repeated headers.
-    data = lines.filter(lambda line: line != "" and not line.isspace() and line.lstrip("\ufeff") != header)
-    indexed = data.zipWithIndex()  # global data-row numbers, as the other engines count them
-    rows, errors, unseen = sc.accumulator(0), sc.accumulator(0), sc.accumulator({}, CountsParam())
-    out = indexed.mapPartitionsWithIndex(
-        _score_partition(mar.name, header, len(names), chunk_rows, out_columns, rows, errors, unseen)
+        settings["spark.sql.files.maxPartitionBytes"] = str(
+            max(input_size(spark, source) // partitions + 1, 1 << 10)
+        )
+    with session_settings(spark, settings):
+        return _run(spark, mar, source, output, fmt, features, out_columns, multiline, chunk_rows)
+
+
+def input_size(spark: Any, source: Input) -> int:
+    sc = spark.sparkContext
+    conf = sc._jsc.hadoopConfiguration()
+    size = 0
+    for f in source.files:
+        hpath = sc._jvm.org.apache.hadoop.fs.Path(f)
+        size += hpath.getFileSystem(conf).getFileStatus(hpath).getLen()
+    return size
+
+
+def _run(
+    spark: Any,
+    mar: Path,
+    source: Input,
+    output: str,
+    fmt: str,
+    features: list[str],
+    out_columns: list[str],
+    multiline: bool,
+    chunk_rows: int,
+) -> SparkResult:
+    from functools import partial
+
+    from pyspark.sql.functions import col
+    from pyspark.sql.types import BinaryType, DoubleType, StringType, StructField, StructType
+
+    sc = spark.sparkContext
+    what = "CSV header" if source.format == "csv" else "the Parquet input"
+    frame = read_input(
+        spark, source, multiline, lambda names: check_columns(names, features, out_columns, what)
     )
-    out.saveAsTextFile(output)
+    shipped = {u.rsplit("/", 1)[-1] for u in sc.getConf().get("spark.files", "").split(",") if u}
+    if mar.name not in shipped:  # spark.files (Data Flow's, spark-submit's --files) has it already
+        sc.addFile(str(mar))
+    tasks = ship_executor_code(sc)
+    counts, offsets = row_offsets(frame)
+    counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator({}, CountsParam()))
+    task = tasks.Task(
+        mar_name=mar.name,
+        source=frame.source,
+        header=frame.header,
+        names=frame.spark_names,
+        columns=out_columns,
+        output=fmt,
+        raw=frame.raw,
+        file_starts=frame.file_starts,
+        offsets=offsets,
+        counts=counts,
+        counters=counters,
+        output_header=frame.header + b"," + ",".join(map(_quote, out_columns)).encode("utf-8"),
+        chunk_rows=chunk_rows,
+    )
+    if fmt == "csv":
+        schema = StructType([StructField("value", BinaryType())])
+    else:
+        if frame.source == "parquet":
+            fields = list(frame.df.schema.fields)
+        else:
+            fields = [StructField(n, StringType()) for n in frame.spark_names]
+        if out_columns[0] == "label":
+            fields.append(StructField("label", StringType()))
+            fields += [StructField(c, DoubleType()) for c in out_columns[1:-1]]
+        else:
+            fields.append(StructField("prediction", DoubleType()))
+        schema = StructType([*fields, StructField("error", StringType())])
+    scored = frame.df.mapInArrow(partial(tasks.score_partition, task), schema)
+    if fmt == "csv":
+        # The lines' own bytes (a record with invalid UTF-8 passes through as the local
+        # engine writes it).
+        scored.select(col("value").cast("string")).write.text(output)
+    else:
+        scored.write.parquet(output)
+    rows, errors, unseen = counters
     return SparkResult(rows.value, errors.value, dict(unseen.value))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="tabserve batch scoring on Spark")
-    ap.add_argument("input")
-    ap.add_argument("output")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The job's command line (spark-submit's application arguments)."""
+    ap = argparse.ArgumentParser(prog="spark_job.py", description="tabserve batch scoring on Spark")
+    ap.add_argument("input", help="a CSV or Parquet file, or a folder of them (any path Spark reads)")
+    ap.add_argument("output", help="the folder to write (it must not exist)")
     ap.add_argument("--archive", required=True, help="the model's .mar (shipped to the executors)")
-    ap.add_argument("--partitions", type=int, default=None)
-    ap.add_argument("--chunk-rows", type=int, default=5000)
+    ap.add_argument("--partitions", type=int, default=None, help="split the input into about N partitions")
+    ap.add_argument("--chunk-rows", type=int, default=5000, help="rows per Arrow batch and handler call")
+    ap.add_argument("--input-format", choices=["csv", "parquet"], default=None, help="default: by name")
+    ap.add_argument("--format", choices=["csv", "parquet"], default=None, help="OUTPUT's; default: by name")
+    ap.add_argument("--multiline", action="store_true", help="CSV records may span lines (quoted)")
     ap.add_argument("--master", default=None, help="default: what spark-submit or the platform sets")
     args = ap.parse_args(argv)
+    if args.partitions is not None and args.partitions < 1:
+        ap.error(f"--partitions must be at least 1, got {args.partitions}")
+    if args.chunk_rows < 1:
+        ap.error(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("tabserve-score")
@@ -356,7 +545,15 @@ def main(argv: list[str] | None = None) -> int:
     spark = builder.getOrCreate()
     try:
         rows, errors, unseen = run(
-            spark, Path(args.archive), args.input, args.output, args.partitions, args.chunk_rows
+            spark,
+            Path(args.archive),
+            args.input,
+            args.output,
+            args.partitions,
+            args.chunk_rows,
+            args.input_format,
+            args.format,
+            args.multiline,
         )
     except SparkJobError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """deploy/ files checked against the real tools' own models: the OCI SDK's data science
-models for the Model Deployment and the Job, the Kubernetes client's models for OKE."""
+models for the Model Deployment and the Job, its Data Flow models for the Spark application,
+the Kubernetes client's models for OKE."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import string
 from pathlib import Path
 
+import oci.data_flow.models as df
 import oci.data_science.models as ds
 import pytest
 import yaml
@@ -29,22 +31,26 @@ PLACEHOLDERS = {
     "OUTPUT_BUCKET": "tabserve-output",
     "INPUT_OBJECT": "in.csv",
     "OUTPUT_OBJECT": "scored.csv",
+    "DATAFLOW_BUCKET": "tabserve-dataflow",
 }
 
 
-def render(path: Path) -> str:
+def render(path: Path, keep: frozenset[str] = frozenset()) -> str:
+    """The file with its placeholders filled; the names in `keep` stay as they are (Data Flow
+    fills its own `${name}` parameters in an application's arguments when a run starts)."""
     text = path.read_text()
-    names = set(re.findall(r"\$\{(\w+)\}", text))
+    names = set(re.findall(r"\$\{(\w+)\}", text)) - keep
     assert names <= set(PLACEHOLDERS), f"undocumented placeholders {names - set(PLACEHOLDERS)}"
-    return string.Template(text).substitute(PLACEHOLDERS)
+    assert not keep & set(PLACEHOLDERS), f"{sorted(keep & set(PLACEHOLDERS))} are also placeholders"
+    return string.Template(text).substitute(PLACEHOLDERS, **{name: f"${{{name}}}" for name in keep})
 
 
-def oci_model(data, type_name: str, where: str = "$"):
+def oci_model(data, type_name: str, where: str = "$", models=ds):
     """Build an OCI SDK model from REST JSON, refusing unknown keys, wrong types and enum
     values the SDK does not know: a typo in the file fails here, not in the tenancy."""
     if type_name.startswith("list["):
         assert isinstance(data, list), f"{where}: expected a list"
-        return [oci_model(v, type_name[5:-1], f"{where}[{i}]") for i, v in enumerate(data)]
+        return [oci_model(v, type_name[5:-1], f"{where}[{i}]", models) for i, v in enumerate(data)]
     if type_name.startswith("dict("):
         assert isinstance(data, dict), f"{where}: expected an object"
         return data
@@ -52,19 +58,22 @@ def oci_model(data, type_name: str, where: str = "$"):
         py = {"str": str, "int": int, "float": (int, float), "bool": bool, "object": object}[type_name]
         assert isinstance(data, py), f"{where}: expected {type_name}, got {data!r}"
         return data
-    cls = getattr(ds, type_name)
+    cls = getattr(models, type_name)
     assert isinstance(data, dict), f"{where}: expected an object for {type_name}"
     if hasattr(cls, "get_subtype"):
         sub = cls.get_subtype(data)
         assert sub != type_name or not cls.__subclasses__(), f"{where}: unknown {type_name} subtype"
-        cls = getattr(ds, sub)
+        cls = getattr(models, sub)
     obj = cls()
     by_json = {v: k for k, v in obj.attribute_map.items()}
     unknown = set(data) - set(by_json)
     assert not unknown, f"{where}: {cls.__name__} has no field(s) {sorted(unknown)}"
     for key, value in data.items():
         attr = by_json[key]
-        setattr(obj, attr, oci_model(value, obj.swagger_types[attr], f"{where}.{key}"))
+        try:
+            setattr(obj, attr, oci_model(value, obj.swagger_types[attr], f"{where}.{key}", models))
+        except ValueError as exc:  # the setter of an enum field in a request model
+            raise AssertionError(f"{where}.{key}: {exc}") from None
         set_to = getattr(obj, attr)
         assert not (isinstance(set_to, str) and set_to == "UNKNOWN_ENUM_VALUE"), (
             f"{where}.{key}: {value!r} is not allowed"
@@ -156,3 +165,95 @@ def test_the_checks_catch_typos_and_unknown_values():
     dep["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
     with pytest.raises(AssertionError):
         k8s_model(dep)
+    for edit, match in [
+        (lambda d: d["driverShapeConfig"].update(ocpu=2), "has no field"),
+        (lambda d: d["parameters"][0].update(default="x"), "has no field"),
+        (lambda d: d.update(language="PYTHON3"), "language"),
+        (lambda d: d.update(numExecutors="4"), "expected int"),
+    ]:
+        doc = dataflow_doc()
+        edit(doc)
+        with pytest.raises(AssertionError, match=match):
+            oci_model(doc, "CreateApplicationDetails", models=df)
+    doc = dataflow_doc()
+    del doc["sparkVersion"]
+    assert missing_required(oci_model(doc, "CreateApplicationDetails", models=df)) == ["$.sparkVersion"]
+
+
+DATAFLOW_APP = OCI_DIR / "dataflow-application.json"
+
+
+def dataflow_doc() -> dict:
+    """The Data Flow application's request body, its own `${name}` parameters left in place."""
+    keep = frozenset(p["name"] for p in json.loads(DATAFLOW_APP.read_text()).get("parameters", []))
+    return json.loads(render(DATAFLOW_APP, keep))
+
+
+def missing_required(obj, where: str = "$") -> list[str]:
+    """The fields the SDK marks **[Required]** that `obj` (and the models in it) leaves unset."""
+    missing = []
+    for attr in obj.swagger_types:
+        value, key = getattr(obj, attr), f"{where}.{obj.attribute_map[attr]}"
+        if value is None and "**[Required]**" in (getattr(type(obj), attr).__doc__ or ""):
+            missing.append(key)
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if hasattr(v, "swagger_types"):
+                missing += missing_required(v, f"{key}[{i}]" if isinstance(value, list) else key)
+    return missing
+
+
+def dataflow_argv(app) -> list[str]:
+    """The application's arguments as a run without overrides gets them: each `${name}`
+    replaced by its parameter's value, as Data Flow does."""
+    values = {p.name: p.value for p in app.parameters}
+    return [re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], a) for a in app.arguments]
+
+
+def test_dataflow_application_is_a_valid_create_request_for_the_spark_job():
+    app = oci_model(dataflow_doc(), "CreateApplicationDetails", models=df)
+    assert missing_required(app) == []
+    assert app.language == "PYTHON" and app.type == "BATCH"
+    assert tuple(int(n) for n in app.spark_version.split(".")[:2]) >= (3, 5)  # pyproject's pyspark>=3.5
+    assert app.file_uri.startswith("oci://") and app.file_uri.endswith("/spark_job.py")
+    # The driver finds batch/results.py and batch/spark_tasks.py in the installed tabserve: the
+    # dependency archive's Python packages (tabserve, torch, numpy, pyarrow).
+    assert app.archive_uri.startswith("oci://") and app.archive_uri.endswith("/archive.zip")
+    assert app.logs_bucket_uri.startswith("oci://")
+    for shape, config in [
+        (app.driver_shape, app.driver_shape_config),
+        (app.executor_shape, app.executor_shape_config),
+    ]:
+        assert shape.endswith(".Flex") and config.ocpus > 0 and config.memory_in_gbs > 0
+    assert app.num_executors >= 1
+
+
+def test_dataflow_parameters_fill_every_placeholder_in_the_arguments():
+    app = oci_model(dataflow_doc(), "CreateApplicationDetails", models=df)
+    names = [p.name for p in app.parameters]
+    assert len(set(names)) == len(names) and all(re.fullmatch(r"\w+", n) for n in names)
+    used = {m for a in app.arguments for m in re.findall(r"\$\{(\w+)\}", a)}
+    # Data Flow answers 400 for an undeclared one; a declared one no argument uses is a mistake.
+    assert used == set(names)
+    assert all(p.value.startswith("oci://") for p in app.parameters)
+
+
+def test_dataflow_arguments_name_the_archive_that_spark_files_ships():
+    app = oci_model(dataflow_doc(), "CreateApplicationDetails", models=df)
+    argv = dataflow_argv(app)
+    archive = argv[argv.index("--archive") + 1]
+    # spark.files lands in the driver's working directory (flat), where the job opens it.
+    shipped = {uri.rsplit("/", 1)[-1]: uri for uri in app.configuration["spark.files"].split(",")}
+    assert "/" not in archive and archive in shipped
+    assert shipped[archive].startswith("oci://") and archive.endswith(".mar")
+
+
+def test_dataflow_arguments_parse_with_the_spark_jobs_own_parser():
+    from tabserve.spark_job import parse_args
+
+    app = oci_model(dataflow_doc(), "CreateApplicationDetails", models=df)
+    args = parse_args(dataflow_argv(app))
+    assert args.archive == "iris.mar"
+    assert args.input == f"oci://tabserve-input@mytenancy/{PLACEHOLDERS['INPUT_OBJECT']}"
+    assert args.output == "oci://tabserve-output@mytenancy/scored.parquet"
+    assert args.format == "parquet" and args.partitions == 32
+    assert args.master is None  # Data Flow sets the master; the job must not

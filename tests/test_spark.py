@@ -15,7 +15,7 @@ import pytest
 from tabserve.archive import ArchiveConfig, archive
 from tabserve.cli import main
 
-from .tables import write_penguins
+from .tables import write_penguins, write_price
 from .test_score import MALFORMED, write_csv
 
 pytestmark = pytest.mark.integration
@@ -35,12 +35,48 @@ def spark_bytes(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(folder.glob("part-*")))
 
 
+def spark_table(folder: Path):
+    """A Parquet output folder's part files in name order, as one table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert (folder / "_SUCCESS").exists()
+    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("part-*.parquet"))])
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One local[2] session for the module's jobs: `--engine spark` uses the session this
+    process runs (and leaves it running), so each job does not start its own."""
+    import os
+
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("tabserve-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
+
+
+def jobs_run(spark) -> int:
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(None))
+
+
 @pytest.fixture(scope="module")
 def penguins_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The penguins model of tests/tables.py (text categories, missing values), archived."""
-    root = tmp_path_factory.mktemp("spark_penguins")
+    """The models of tests/tables.py, archived: penguins (text categories, missing values;
+    classification) and price (regression)."""
+    root = tmp_path_factory.mktemp("spark_tables")
     write_penguins(root / "penguins")
-    archive(ArchiveConfig(artifacts=root / "penguins", model_store=root / "store", workers=1))
+    write_price(root / "price")
+    for name in ("penguins", "price"):
+        archive(ArchiveConfig(artifacts=root / name, model_store=root / "store", workers=1))
     return root / "store"
 
 
@@ -73,7 +109,7 @@ def penguin_lines(n: int = 40) -> list[str]:
     return lines
 
 
-def test_spark_output_equals_the_local_engine_row_for_row(tmp_path, model_store):
+def test_spark_output_equals_the_local_engine_row_for_row(tmp_path, model_store, spark):
     inp = tmp_path / "in.csv"
     write_csv(inp, 30_000)  # IDs, shuffled feature columns, a comment column, malformed lines
     spark_out, local_out = tmp_path / "spark_out", tmp_path / "local.csv"
@@ -83,8 +119,11 @@ def test_spark_output_equals_the_local_engine_row_for_row(tmp_path, model_store)
         == 2
     )
     assert main([*argv, "-o", str(local_out), "--engine", "local"]) == 2
-    assert (spark_out / "_SUCCESS").exists() and len(list(spark_out.glob("part-*"))) >= 2
+    assert (spark_out / "_SUCCESS").exists() and len(list(spark_out.glob("part-*"))) == 3
     spark_rows = read_parts(spark_out)
+    # The part files in name order are the input in order: every id once, ascending.
+    ids = [int(r[0]) for r in spark_rows[1:] if not r[0].startswith("bad")]
+    assert ids == list(range(30_000))
     with open(local_out, newline="") as f:
         local_rows = list(csv.reader(f))
     assert len(spark_rows) == len(local_rows) == 30_000 + len(MALFORMED) + 1
@@ -98,7 +137,7 @@ def test_spark_output_equals_the_local_engine_row_for_row(tmp_path, model_store)
 
 
 def test_spark_writes_the_bytes_of_the_local_engine_for_bad_rows_and_unseen_categories(
-    tmp_path, penguins_store, capsys
+    tmp_path, penguins_store, capsys, spark
 ):
     """Wrong widths (one quoted, padded), text in a number, missing values, non-finite
     numbers and unseen categories: one partition in chunks of 8 rows, so Spark's chunks are
@@ -129,19 +168,6 @@ def test_spark_writes_the_bytes_of_the_local_engine_for_bad_rows_and_unseen_cate
         ), (engine, summary)
 
 
-class _Counter:
-    """An accumulator's `add`, in-process."""
-
-    def __init__(self, zero) -> None:
-        self.value = zero
-
-    def add(self, more) -> None:
-        if isinstance(more, dict):
-            self.value = {k: self.value.get(k, 0) + more.get(k, 0) for k in {*self.value, *more}}
-        else:
-            self.value += more
-
-
 class _Poisoned:
     """The archive's LocalModel, but a body holding `refuse` is answered 413 and one holding
     `boom` makes it raise: whole-chunk failures that only splitting can pin on their rows."""
@@ -161,10 +187,13 @@ class _Poisoned:
 
 
 def test_a_chunk_refused_or_failed_is_split_on_spark_as_the_pipeline_splits_it(tmp_path, model_store):
-    """The Spark job's partition function, run in-process with a handler that refuses or
-    fails whole chunks: the same rows get the same "chunk refused" errors, and the file the
-    same bytes, as tabserve.batch.pipeline.score_contained and the CSV writer give."""
-    from tabserve import spark_job
+    """The executors' batch function (spark_tasks.score_batch), run in-process with a
+    handler that refuses or fails whole chunks: the same rows get the same "chunk refused"
+    errors, and the file the same bytes, as tabserve.batch.pipeline.score_contained and the
+    CSV writer give."""
+    import pyarrow as pa
+
+    from tabserve.batch import spark_tasks
     from tabserve.batch.engines.local import LocalEngine
     from tabserve.batch.pipeline import score_contained
     from tabserve.batch.readers import Batch
@@ -176,15 +205,17 @@ def test_a_chunk_refused_or_failed_is_split_on_spark_as_the_pipeline_splits_it(t
     lines[7] = "boom,5.1,3.5"  # another width too: its text is quoted into the first column
     columns = ["label", "p_setosa", "p_versicolor", "p_virginica", "error"]
     engine = LocalEngine(model_store / "iris.mar")
+    key = f"poisoned-{tmp_path.name}.mar"
     try:
         engine.model = _Poisoned(engine.model)
-        key = f"poisoned-{tmp_path.name}.mar"
-        spark_job._models[key] = engine.model
-        rows, errors, unseen = _Counter(0), _Counter(0), _Counter({})
-        run = spark_job._score_partition(key, header, 5, 12, columns, rows, errors, unseen)
-        spark = "".join(line + "\n" for line in run(0, ((line, i) for i, line in enumerate(lines))))
-
+        spark_tasks._models[key] = engine.model
+        task = spark_tasks.Task(key, "text", header.encode(), header.split(","), columns, "csv")
         records = [line.encode() for line in lines]
+        rb = pa.RecordBatch.from_arrays([pa.array(records, pa.binary())], ["value"])
+        out = spark_tasks.score_batch(task, rb, 1)
+        spark = header.encode() + b"," + b",".join(c.encode() for c in columns) + b"\n"
+        spark += b"".join(line + b"\n" for line in out.column(0).to_pylist())
+
         batch = Batch(0, 1, len(lines), {}, records=records, header=header.encode())
         results = score_contained(engine, batch, 0, batch.n, 3, True)
         writer = CsvWriter(str(tmp_path / "local.csv"))
@@ -192,34 +223,46 @@ def test_a_chunk_refused_or_failed_is_split_on_spark_as_the_pipeline_splits_it(t
         writer.write(writer.render(batch, results))
         writer.commit()
     finally:
-        spark_job._models.pop(key, None)
+        spark_tasks._models.pop(key, None)
         engine.close()
     assert results.errors == {
         3: "row 4: chunk refused: too big",
         7: "row 8: chunk refused: the model's handler failed on the batch starting at row 8: "
         "RuntimeError: boom",
     }
-    assert spark.encode() == (tmp_path / "local.csv").read_bytes()
-    assert (rows.value, errors.value, unseen.value) == (12, 2, {})
+    assert spark == (tmp_path / "local.csv").read_bytes()
 
 
-def test_missing_feature_column_fails_before_any_spark_job(tmp_path, model_store):
-    import os
-
-    from pyspark.sql import SparkSession
+def test_bad_input_or_output_fails_before_any_spark_job(tmp_path, model_store, spark):
+    """A missing feature column (in a CSV header or a Parquet schema), a folder whose files
+    disagree on the header, an output that exists: refused on the driver, no job run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from tabserve import spark_job
 
+    mar = model_store / "iris.mar"
     inp = tmp_path / "in.csv"
     inp.write_text("id,sepal_length_cm,petal_length_cm\n1,5.1,1.4\n")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = SparkSession.builder.master("local[1]").appName("tabserve-test").getOrCreate()
-    try:
-        with pytest.raises(spark_job.SparkJobError, match="lacks feature column\\(s\\) 'sepal_width_cm'"):
-            spark_job.run(spark, model_store / "iris.mar", str(inp), str(tmp_path / "out"))
-        assert list(spark.sparkContext.statusTracker().getJobIdsForGroup(None)) == []
-    finally:
-        spark.stop()
+    pq.write_table(pa.table({"sepal_length_cm": [5.1], "x": [1]}), tmp_path / "in.parquet")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    header = "id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm"
+    (folder / "a.csv").write_text(header + "\n1,5.1,3.5,1.4,0.2\n")
+    (folder / "b.csv").write_text(header.replace("id,", "key,") + "\n2,5.1,3.5,1.4,0.2\n")
+    (tmp_path / "exists").mkdir()
+    before = jobs_run(spark)
+    cases = {
+        str(inp): "CSV header lacks feature column\\(s\\) 'sepal_width_cm', 'petal_width_cm'",
+        str(tmp_path / "in.parquet"): "the Parquet input lacks feature column\\(s\\) 'sepal_width_cm'",
+        str(folder): "b.csv has header 'key,sepal_length_cm,.*', not that of .*a.csv",
+    }
+    for path, message in cases.items():
+        with pytest.raises(spark_job.SparkJobError, match=message):
+            spark_job.run(spark, mar, path, str(tmp_path / "out"))
+    with pytest.raises(spark_job.SparkJobError, match="exists already|already exists"):
+        spark_job.run(spark, mar, str(folder / "a.csv"), str(tmp_path / "exists"))
+    assert jobs_run(spark) == before
     assert not (tmp_path / "out").exists()
 
 
@@ -264,7 +307,7 @@ def test_spark_job_module_runs_as_a_script_where_tabserve_is_not_installed(tmp_p
     assert spark_bytes(out) == local.read_bytes()
 
 
-def test_poison_lines_on_spark_get_their_own_errors_and_every_row_is_kept(tmp_path, model_store):
+def test_poison_lines_on_spark_get_their_own_errors_and_every_row_is_kept(tmp_path, model_store, spark):
     """Spark reads physical lines: an unbalanced quote, a 200 KB field (quoted or not), 1e39
     and non-ASCII text each get a row error and the job keeps every row."""
     header = "id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm"
@@ -295,3 +338,196 @@ def test_poison_lines_on_spark_get_their_own_errors_and_every_row_is_kept(tmp_pa
     assert set(errors) == {'q,"5.1,3.5,1.4,0.2', "big", "quoted", "huge", "café"}, errors
     assert "out of float32 range" in errors["huge"] and "'x'" in errors["café"]
     assert all(r[5] == "setosa" for r in rows[1:] if not r[-1])
+
+
+def _price_lines(n: int) -> list[str]:
+    """Regression input: numbers, a category, missing values, and bad rows spread through."""
+    colours = ("red", "blue", "", "purple")
+    lines = ["id,age,colour,size"]
+    odd = {7: "7,3", 500: "500,abc,red,2.5", 1200: "1200,inf,blue,1.5", 2999: "2999,1,red,2,9"}
+    for i in range(1, n + 1):
+        lines.append(odd.get(i, f"{i},{i % 11},{colours[i % 4]},{1 + (i % 7) * 0.5}"))
+    return lines
+
+
+def _as_parquet(lines: list[str], path: Path, row_group: int = 500) -> Path:
+    """The rows of a CSV text as Parquet with typed columns where every value is a number
+    (id int64, others double), text elsewhere; malformed records left out (Parquet has none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = lines[0].split(",")
+    rows = [r for r in csv.reader(lines[1:]) if len(r) == len(names)]
+    cols = {}
+    for j, name in enumerate(names):
+        values = [r[j] for r in rows]
+        try:
+            cols[name] = (
+                pa.array([int(v) for v in values]) if j == 0 else pa.array([float(v) for v in values])
+            )
+        except ValueError:
+            cols[name] = pa.array([v or None for v in values], pa.string())
+    pq.write_table(pa.table(cols), path, row_group_size=row_group)
+    return path
+
+
+def _rows_of(path: Path, fmt: str) -> list[list]:
+    """An output (a file, or Spark's folder) as rows of values."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = spark_table(path) if path.is_dir() else pq.read_table(path)
+        return [list(r.values()) for r in table.to_pylist()]
+    if path.is_dir():
+        return read_parts(path)
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+@pytest.mark.parametrize(
+    ("model", "input_format", "output_format"),
+    [
+        ("penguins", "csv", "parquet"),
+        ("penguins", "parquet", "csv"),
+        ("price", "csv", "csv"),
+        ("price", "parquet", "parquet"),
+    ],
+)
+def test_spark_equals_the_local_engine_on_csv_and_parquet_with_several_partitions(
+    tmp_path, penguins_store, spark, model, input_format, output_format
+):
+    """Classification and regression; CSV and Parquet in and out; bad rows; three
+    partitions: the same rows in the same order as --engine local, the same labels, errors
+    and columns, the numbers within float32 noise (other batch boundaries)."""
+    lines = penguin_lines(6000) if model == "penguins" else _price_lines(6000)
+    inp = tmp_path / f"in.{input_format}"
+    if input_format == "csv":
+        inp.write_text("\n".join(lines) + "\n")
+    else:
+        _as_parquet(lines, inp)
+    outs = {e: tmp_path / f"{e}.{output_format}" for e in ("spark", "local")}
+    argv = ["score", str(inp), "--model-store", str(penguins_store), "--model", model, "--chunk-rows", "700"]
+    for engine, out in outs.items():
+        extra = ["--partitions", "3"] if engine == "spark" else []
+        assert main([*argv, "-o", str(out), "--engine", engine, *extra]) == 2
+    assert len(list(outs["spark"].glob("part-*"))) == 3
+    spark_rows, local_rows = (_rows_of(outs[e], output_format) for e in ("spark", "local"))
+    assert (
+        len(spark_rows)
+        == len(local_rows)
+        == len(lines)
+        - (1 if output_format == "parquet" else 0)
+        - (
+            sum(1 for r in csv.reader(lines[1:]) if len(r) != len(lines[0].split(",")))
+            if input_format == "parquet"
+            else 0
+        )
+    )
+    width = len(lines[0].split(","))
+    numbers = slice(width + 1, -1) if model == "penguins" else slice(width, width + 1)
+
+    def fixed(rows):  # everything but the numbers
+        return [r[: numbers.start] + r[numbers.stop :] for r in rows]
+
+    def values(rows):
+        start = 1 if output_format == "csv" else 0
+        return np.array(
+            [[float(v) if v not in ("", None) else np.nan for v in r[numbers]] for r in rows[start:]]
+        )
+
+    assert fixed(spark_rows) == fixed(local_rows)
+    np.testing.assert_allclose(values(spark_rows), values(local_rows), rtol=1e-6, atol=1e-6)
+    errors = [r[-1] for r in spark_rows[1 if output_format == "csv" else 0 :] if r[-1]]
+    assert len(errors) >= 2 and all(e.startswith("row ") for e in errors)
+    if output_format == "parquet":
+        import pyarrow.parquet as pq
+
+        spark_schema = spark_table(outs["spark"]).schema
+        local_schema = pq.read_schema(outs["local"])
+        assert [(f.name, f.type) for f in spark_schema] == [(f.name, f.type) for f in local_schema]
+
+
+def test_a_folder_is_read_in_name_order_and_blank_lines_are_skipped_as_everywhere(
+    tmp_path, model_store, spark
+):
+    """Three CSV files of different sizes (Spark's scan would order them by size), with blank
+    lines of every kind the other engines skip (spaces, tabs, no-break and ideographic
+    spaces), CRLF line ends, a BOM, and gzip: the output is the files' rows in name order,
+    numbered through the folder as if the files were one, as --engine local numbers them."""
+    import gzip
+
+    header = "id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    blanks = ["", "   ", "\t", "\u00a0", "\u3000 ", "\x1c\u00a0"]
+    sizes = {"a.csv": 30, "b.csv.gz": 300, "c.csv": 3}
+    whole, start = [header], 0
+    for name, n in sizes.items():
+        rows = [f"{start + i},5.1,3.5,1.4,0.2" for i in range(n)]
+        rows[n // 2] = f"{start + n // 2},5.1,x,1.4,0.2"  # one bad row per file
+        body = [header]
+        for i, r in enumerate(rows):
+            body.append(r)
+            body.append(blanks[i % len(blanks)]) if i % 5 == 0 else None
+        text = "\r\n".join(body) + "\r\n"
+        if name == "a.csv":
+            text = "\ufeff" + text
+        (folder / name).write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+        whole += body[1:]
+        start += n
+    ones = tmp_path / "whole.csv"
+    ones.write_text("\n".join(whole) + "\n")
+    out, local = tmp_path / "out", tmp_path / "local.csv"
+    store = ["--model-store", str(model_store)]
+    assert main(["score", str(folder), "-o", str(out), *store, "--engine", "spark"]) == 2
+    assert main(["score", str(ones), "-o", str(local), *store, "--engine", "local"]) == 2
+    spark_rows, local_rows = read_parts(out), _rows_of(local, "csv")
+    assert [r[0] for r in spark_rows[1:]] == [str(i) for i in range(sum(sizes.values()))]
+    assert [r[:6] + [r[-1]] for r in spark_rows] == [r[:6] + [r[-1]] for r in local_rows]
+    assert [r[-1] for r in spark_rows[1:] if r[-1]] == [
+        "row 16: feature 'sepal_width_cm' is not a number: 'x'",
+        "row 181: feature 'sepal_width_cm' is not a number: 'x'",
+        "row 332: feature 'sepal_width_cm' is not a number: 'x'",
+    ]
+
+
+def test_multiline_reads_quoted_line_breaks_with_sparks_csv_reader(tmp_path, model_store, spark):
+    """--multiline: Spark's CSV reader, whose quoted fields may span lines; each record is
+    handed to the handler as CSV text again, and a malformed one as its own text: the same
+    rows, values and errors as --engine local. Without it, each line is a record."""
+    header = "id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm,note"
+    lines = [header]
+    for i in range(40):
+        note = f'"two\nlines, {i}"' if i % 7 == 0 else f"note {i}"
+        lines.append(f"{i},5.1,3.5,1.4,0.2,{note}")
+    lines[10] = "9,5.1,3.5"  # too few fields
+    lines[20] = '19,5.1,abc,1.4,0.2,"a ""quoted"" note"'
+    inp = tmp_path / "in.csv"
+    inp.write_text("\n".join(lines) + "\n")
+    store = ["--model-store", str(model_store)]
+    out, local, parquet = tmp_path / "out", tmp_path / "local.csv", tmp_path / "out.parquet"
+    assert main(["score", str(inp), "-o", str(out), *store, "--engine", "spark", "--multiline"]) == 2
+    assert main(["score", str(inp), "-o", str(parquet), *store, "--engine", "spark", "--multiline"]) == 2
+    assert main(["score", str(inp), "-o", str(local), *store, "--engine", "local"]) == 2
+    spark_rows, local_rows = read_parts(out), _rows_of(local, "csv")
+    assert len(spark_rows) == 41
+    assert [r[:7] + [r[-1]] for r in spark_rows] == [r[:7] + [r[-1]] for r in local_rows]
+    assert spark_rows[1][5] == "two\nlines, 0"
+    assert {r[-1] for r in spark_rows[1:] if r[-1]} == {
+        "row 10: expected 6 fields, got 3",
+        "row 20: feature 'sepal_width_cm' is not a number: 'abc'",
+    }
+    as_text = [["" if v is None else v for v in r[:7]] + [r[-1] or ""] for r in _rows_of(parquet, "parquet")]
+    assert as_text == [r[:7] + [r[-1]] for r in local_rows[1:]]
+    # Line by line (the default), a quoted line break splits a record: every line is a row.
+    out2 = tmp_path / "out2"
+    assert main(["score", str(inp), "-o", str(out2), *store, "--engine", "spark"]) == 2
+    # Each half has a quote left open: each gets that error, and its text quoted, so the
+    # output's next lines stay their own rows.
+    rows = read_parts(out2)
+    assert len(rows) == len(inp.read_text().splitlines())
+    assert (
+        rows[1][0] == '0,5.1,3.5,1.4,0.2,"two'
+        and "a quote is left open at the end of the line" in rows[1][-1]
+    )
+    assert rows[2][0] == 'lines, 0"' and rows[2][-1].startswith("row 2: a quote is left open")

@@ -14,7 +14,6 @@ in READERS.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 from ..csvio import CHUNK_BYTES, RecordReader, chunks, open_input, parse_header, quote
 from ..errors import ConfigError, InputError
+from .results import table_lines
 
 
 @dataclass
@@ -218,74 +218,6 @@ def csv_text(table: Any) -> bytes:
     lines = table_lines(table)
     whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines), b"\n")
     return whole[0].as_py() + b"\n"
-
-
-def table_lines(table: Any) -> Any:
-    """Each row of a RecordBatch as one CSV record (no line end), as a pyarrow binary array,
-    as a handler reads it: numbers in pyarrow's shortest exact text, nulls empty, text quoted
-    only where it must be. Done column by column in pyarrow's C++ (no Python object per row).
-    A column pyarrow cannot turn into text (lists, structs, maps) or that may hold invalid
-    UTF-8 (binary) gives each value's JSON text, which the handler names as that row's bad
-    value."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    texts = []
-    for col in table.columns:
-        t = col.type
-        if _python_text(t):
-            col = pa.array([_text(v) for v in col.to_pylist()], type=pa.string())
-        elif pa.types.is_dictionary(t):
-            col = col.cast(t.value_type)
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            try:
-                col = pc.cast(col, pa.string())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                col = pa.array([_text(v) for v in col.to_pylist()], type=pa.string())
-        elif table.num_rows:
-            if pa.types.is_large_string(col.type):
-                col = col.cast(pa.string())
-            try:
-                col.validate(full=True)
-            except pa.ArrowInvalid:  # invalid UTF-8: read as a CSV field would be, U+FFFD
-                col = pa.array(
-                    [
-                        None if v is None else v.decode("utf-8", "replace")
-                        for v in col.cast(pa.binary()).to_pylist()
-                    ],
-                    pa.string(),
-                )
-            special = pc.match_substring_regex(col, '[",\r\n]')
-            if pc.any(special).as_py():
-                quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
-                col = pc.if_else(special, quoted, col)
-        texts.append(pc.cast(pc.fill_null(col, ""), pa.binary()))
-    if not texts:
-        return pa.array([b""] * table.num_rows, pa.binary())
-    return texts[0] if len(texts) == 1 else pc.binary_join_element_wise(*texts, b",")
-
-
-def _python_text(t: Any) -> bool:
-    """Whether pyarrow cannot cast a column of type `t` to text (lists, structs, maps) or its
-    text could be invalid UTF-8 (binary): such values are turned into text one by one."""
-    import pyarrow as pa
-
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return (
-        pa.types.is_nested(t)
-        or pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-    )
-
-
-def _text(v: Any) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return json.dumps(v, default=str)
 
 
 @dataclass(frozen=True)

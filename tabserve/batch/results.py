@@ -283,21 +283,29 @@ def _field_columns(results: Results, columns: Sequence[str]) -> list[Any]:
     return out
 
 
+def render_lines(prefix: Any, results: Results, columns: Sequence[str]) -> Any:
+    """Each row's CSV line without its line end, as a pyarrow binary array: its `prefix` (its
+    input fields as CSV text: a list of bytes or a pyarrow binary array), a comma and its
+    output fields; only the output fields when `prefix` is None. Joined in pyarrow's C++."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = _field_columns(results, columns)
+    if prefix is not None:
+        parts.insert(0, prefix if isinstance(prefix, pa.Array) else pa.array(prefix, pa.binary()))
+    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, b",")
+
+
 def render_rows(prefix: Any, results: Results, columns: Sequence[str]) -> bytes:
-    """CSV lines, each ending in a line end: each row's `prefix` (its input fields as CSV
-    text: a list of bytes or a pyarrow binary array), a comma and its output fields; only the
-    output fields when `prefix` is None. The text is joined in pyarrow's C++, which lets other
-    threads run meanwhile."""
+    """render_lines as one text, each line ending in a line end. The text is joined in
+    pyarrow's C++, which lets other threads run meanwhile."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = len(results)
     if n == 0:
         return b""
-    parts = _field_columns(results, columns)
-    if prefix is not None:
-        parts.insert(0, prefix if isinstance(prefix, pa.Array) else pa.array(prefix, pa.binary()))
-    joined = pc.binary_join_element_wise(*parts, b",")
+    joined = render_lines(prefix, results, columns)
     whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), joined), b"\n")
     return whole[0].as_py() + b"\n"
 
@@ -310,3 +318,201 @@ def result_fields(results: Results, columns: Sequence[str]) -> list[bytes]:
     if len(results) == 0:
         return []
     return pc.binary_join_element_wise(*_field_columns(results, columns), b",").to_pylist()
+
+
+def output_fields(columns: Sequence[str]) -> list[Any]:
+    """The typed output columns (Parquet, Spark): `label` (string) and `p_<class>` (float64),
+    or `prediction` (float64); then `error` (string, null where the row scored)."""
+    import pyarrow as pa
+
+    if columns[0] == "label":
+        fields = [pa.field("label", pa.string())] + [pa.field(c, pa.float64()) for c in columns[1:-1]]
+    else:
+        fields = [pa.field("prediction", pa.float64())]
+    return [*fields, pa.field("error", pa.string())]
+
+
+def output_arrays(results: Results, columns: Sequence[str]) -> list[Any]:
+    """The results as the arrays of output_fields: nulls where a row failed."""
+    import pyarrow as pa
+
+    n = len(results)
+    failed = np.zeros(n, dtype=bool)
+    if results.errors:
+        failed[list(results.errors)] = True
+    out = []
+    if results.labels is not None:
+        classes = np.asarray([c[2:] for c in columns[1:-1]] + [None], dtype=object)
+        out.append(pa.array(classes[results.labels], type=pa.string()))
+    out += [pa.array(results.values[:, k], mask=failed) for k in range(results.values.shape[1])]
+    errors = np.full(n, None, dtype=object)
+    for i, e in results.errors.items():
+        errors[i] = e
+    out.append(pa.array(errors, type=pa.string()))
+    return out
+
+
+# --- the input, as the handler reads it --------------------------------------------------------
+
+
+def table_lines(table: Any) -> Any:
+    """Each row of a RecordBatch as one CSV record (no line end), as a pyarrow binary array,
+    as a handler reads it: numbers in pyarrow's shortest exact text, nulls empty, text quoted
+    only where it must be. Done column by column in pyarrow's C++ (no Python object per row).
+    A column pyarrow cannot turn into text (lists, structs, maps) or that may hold invalid
+    UTF-8 (binary) gives each value's JSON text, which the handler names as that row's bad
+    value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    texts = []
+    for col in table.columns:
+        t = col.type
+        if _python_text(t):
+            col = pa.array([_text(v) for v in col.to_pylist()], type=pa.string())
+        elif pa.types.is_dictionary(t):
+            col = col.cast(t.value_type)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            try:
+                col = pc.cast(col, pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                col = pa.array([_text(v) for v in col.to_pylist()], type=pa.string())
+        elif table.num_rows:
+            if pa.types.is_large_string(col.type):
+                col = col.cast(pa.string())
+            try:
+                col.validate(full=True)
+            except pa.ArrowInvalid:  # invalid UTF-8: read as a CSV field would be, U+FFFD
+                col = pa.array(
+                    [
+                        None if v is None else v.decode("utf-8", "replace")
+                        for v in col.cast(pa.binary()).to_pylist()
+                    ],
+                    pa.string(),
+                )
+            special = pc.match_substring_regex(col, '[",\r\n]')
+            if pc.any(special).as_py():
+                quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
+                col = pc.if_else(special, quoted, col)
+        texts.append(pc.cast(pc.fill_null(col, ""), pa.binary()))
+    if not texts:
+        return pa.array([b""] * table.num_rows, pa.binary())
+    return texts[0] if len(texts) == 1 else pc.binary_join_element_wise(*texts, b",")
+
+
+def _python_text(t: Any) -> bool:
+    """Whether pyarrow cannot cast a column of type `t` to text (lists, structs, maps) or its
+    text could be invalid UTF-8 (binary): such values are turned into text one by one."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (
+        pa.types.is_nested(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+    )
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return json.dumps(v, default=str)
+
+
+# --- a CSV input's records in the output ---------------------------------------------------------
+
+
+def field_count(record: bytes) -> int:
+    """Fields in one record, as the csv module reads it, whatever their length; -1 when it
+    cannot read it (a bare carriage return inside an unquoted field)."""
+    if b'"' not in record:
+        return record.count(b",") + 1
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(record) + 1))
+    try:
+        return len(next(csv.reader([record.decode("utf-8", "replace")]), []))
+    except csv.Error:
+        return -1
+    finally:
+        csv.field_size_limit(limit)
+
+
+def csv_prefix(
+    records: Sequence[bytes], errors: dict[int, str], width: int, oversized: Sequence[int] = ()
+) -> Sequence[bytes]:
+    """Each record's text as its row's first fields in a CSV output: a failed record with
+    another number of fields (or one never parsed: `oversized`) keeps its whole text, quoted,
+    in the first column, and the other input columns are empty."""
+    if not errors:
+        return records
+    rows = list(records)
+    pad = b"," * (width - 1)
+    never = set(oversized)
+    for i in errors:
+        if i in never or field_count(rows[i]) != width:
+            rows[i] = quote(rows[i].decode("utf-8", "replace")).encode("utf-8") + pad
+    return rows
+
+
+def csv_columns(records: Sequence[bytes], width: int, oversized: Sequence[int] = ()) -> list[Any]:
+    """A CSV input's records as `width` string columns (the csv module's reading, as the
+    handler's); a record with another number of fields, or over --max-record-bytes (never
+    parsed), keeps its text in the first column."""
+    import pyarrow as pa
+
+    text = b"\n".join(records).decode("utf-8", "replace")
+    rows = None
+    if '"' not in text and "\r" not in text and not oversized:
+        rows = list(csv.reader(text.split("\n")))
+    if rows is None or len(rows) != len(records):
+        skip = set(oversized)
+        rows = [[] if i in skip else _fields(r) for i, r in enumerate(records)]
+    cols: list[list[str | None]] = [[] for _ in range(width)]
+    for rec, row in zip(records, rows):
+        if len(row) != width:
+            row = [rec.decode("utf-8", "replace")] + [None] * (width - 1)
+        for j in range(width):
+            cols[j].append(row[j])
+    return [pa.array(c, type=pa.string()) for c in cols]
+
+
+def _fields(record: bytes) -> list[str]:
+    """One record's fields, or none when the csv module cannot read it (it is malformed)."""
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(record) + 1))
+    try:
+        return next(csv.reader([record.decode("utf-8", "replace")]), [])
+    except csv.Error:
+        return []
+    finally:
+        csv.field_size_limit(limit)
+
+
+# --- the archive's handler, in this process -----------------------------------------------------
+
+
+def load_handler_module(mar: Any, into: Any, module: str) -> Any:
+    """Unpack the archive `mar` into the folder `into` and import `module` of its handler
+    package under a package name of its own, so two archives in one process never share
+    modules. Raises OSError, KeyError, zipfile.BadZipFile or ImportError."""
+    import importlib
+    import importlib.util
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(into)
+    pkg_dir = Path(into) / "tabserve_handler"
+    name = f"tabserve_handler_{abs(hash(str(into)))}"
+    spec = importlib.util.spec_from_file_location(
+        name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError("no tabserve_handler package")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module(f"{name}.{module}")

@@ -20,34 +20,29 @@ in WRITERS.
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..csvio import OutputFile
 from ..errors import ConfigError, OutputError
-from .readers import Batch, table_lines
-from .results import Results, quote, render_rows
+from .readers import Batch
+from .results import (
+    Results,
+    csv_columns,
+    csv_prefix,
+    output_arrays,
+    output_fields,
+    quote,
+    render_rows,
+    table_lines,
+)
 
 # Rows per Parquet row group (a batch's rows are gathered up to this many before one is
 # written): big enough for columnar reads to pay off, small enough to bound memory.
 ROW_GROUP_ROWS = 128 * 1024
-
-
-def _field_count(record: bytes) -> int:
-    """Fields in one record, as the csv module reads it; -1 when it cannot read it (a bare
-    carriage return inside an unquoted field)."""
-    if b'"' not in record:
-        return record.count(b",") + 1
-    try:
-        return len(next(csv.reader([record.decode("utf-8")]), []))
-    except csv.Error:
-        return -1
 
 
 class CsvWriter:
@@ -87,16 +82,7 @@ class CsvWriter:
     def render(self, batch: Batch, results: Results) -> bytes:
         """A batch's output lines (any thread: the pipeline renders batches side by side)."""
         if batch.records is not None:
-            rows: Any = batch.records
-            if results.errors:
-                # A failed record with another number of fields (or one over
-                # --max-record-bytes, never parsed) keeps its whole text in the first column.
-                rows = list(rows)
-                pad = b"," * (self.width - 1)
-                oversized = set(batch.oversized)
-                for i in results.errors:
-                    if i in oversized or _field_count(rows[i]) != self.width:
-                        rows[i] = quote(rows[i].decode("utf-8")).encode("utf-8") + pad
+            rows: Any = csv_prefix(batch.records, results.errors, self.width, batch.oversized)
         else:
             rows = table_lines(batch.table)
         return render_rows(rows, results, self.columns)
@@ -190,20 +176,14 @@ class ParquetWriter:
         assert self.part is not None
         return self.part / f"{k:06d}.parquet"
 
-    def _schema(self, batch: Batch, results: Results) -> Any:
+    def _schema(self, batch: Batch) -> Any:
         import pyarrow as pa
 
         if batch.table is not None:
             fields = list(batch.table.schema)
         else:
             fields = [pa.field(n, pa.string()) for n in self.input_names]
-        if results.labels is not None:
-            fields.append(pa.field("label", pa.string()))
-            fields += [pa.field(c, pa.float64()) for c in self.columns[1:-1]]
-        else:
-            fields.append(pa.field("prediction", pa.float64()))
-        fields.append(pa.field("error", pa.string()))
-        return pa.schema(fields)
+        return pa.schema(fields + output_fields(self.columns))
 
     def _table(self, batch: Batch, results: Results) -> Any:
         import pyarrow as pa
@@ -211,21 +191,9 @@ class ParquetWriter:
         if batch.table is not None:
             inputs = list(batch.table.columns)
         else:
-            inputs = _csv_columns(batch.records or [], len(self.input_names), batch.oversized)
-        n = len(results)
-        ok = np.ones(n, dtype=bool)
-        if results.errors:
-            ok[list(results.errors)] = False
-        out = list(inputs)
-        if results.labels is not None:
-            classes = np.asarray([c[2:] for c in self.columns[1:-1]] + [None], dtype=object)
-            out.append(pa.array(classes[results.labels], type=pa.string()))
-        out += [pa.array(results.values[:, k], mask=~ok) for k in range(results.values.shape[1])]
-        errors = np.full(n, None, dtype=object)
-        for i, e in results.errors.items():
-            errors[i] = e
-        out.append(pa.array(errors, type=pa.string()))
-        return pa.Table.from_arrays(out, schema=self._schema(batch, results))
+            inputs = csv_columns(batch.records or [], len(self.input_names), batch.oversized)
+        out = list(inputs) + output_arrays(results, self.columns)
+        return pa.Table.from_arrays(out, schema=self._schema(batch))
 
     def render(self, batch: Batch, results: Results) -> Any:
         """A batch's output table (any thread: the pipeline renders batches side by side)."""
@@ -315,13 +283,7 @@ class ParquetWriter:
         fields = [pa.field(n, pa.string()) for n in self.input_names]
         if self.input_schema is not None:
             fields = list(self.input_schema)
-        if self.columns and self.columns[0] == "label":
-            fields += [pa.field("label", pa.string())] + [
-                pa.field(c, pa.float64()) for c in self.columns[1:-1]
-            ]
-        else:
-            fields.append(pa.field("prediction", pa.float64()))
-        fields.append(pa.field("error", pa.string()))
+        fields += output_fields(self.columns or ["prediction", "error"])
         sink = sys.stdout.buffer if where is None else str(where)
         pq.write_table(pa.schema(fields).empty_table(), sink)
 
@@ -339,36 +301,6 @@ class ParquetWriter:
         self.abandon()
         if self.part is not None:
             shutil.rmtree(self.part, ignore_errors=True)
-
-
-def _csv_columns(records: list[bytes], width: int, oversized: tuple[int, ...] = ()) -> list[Any]:
-    """A CSV input's records as `width` string columns (the csv module's reading, as the
-    handler's); a record with another number of fields, or over --max-record-bytes (never
-    parsed), keeps its text in the first column."""
-    import pyarrow as pa
-
-    text = b"\n".join(records).decode("utf-8")
-    rows = None
-    if '"' not in text and "\r" not in text and not oversized:
-        rows = list(csv.reader(text.split("\n")))
-    if rows is None or len(rows) != len(records):
-        skip = set(oversized)
-        rows = [[] if i in skip else _fields(r) for i, r in enumerate(records)]
-    cols: list[list[str | None]] = [[] for _ in range(width)]
-    for rec, row in zip(records, rows):
-        if len(row) != width:
-            row = [rec.decode("utf-8")] + [None] * (width - 1)
-        for j in range(width):
-            cols[j].append(row[j])
-    return [pa.array(c, type=pa.string()) for c in cols]
-
-
-def _fields(record: bytes) -> list[str]:
-    """One record's fields, or none when the csv module cannot read it (it is malformed)."""
-    try:
-        return next(csv.reader([record.decode("utf-8")]), [])
-    except csv.Error:
-        return []
 
 
 WRITERS = {"csv": CsvWriter, "parquet": ParquetWriter}

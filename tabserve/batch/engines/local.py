@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ChunkRefused, ConfigError, ServerError, TabserveError
-from ..results import HandlerFailed, Results, call_handler, read_batch
+from ..results import HandlerFailed, Results, call_handler, load_handler_module, read_batch
 from . import archive_path
 
 if TYPE_CHECKING:
@@ -116,27 +116,11 @@ def remove_stale_local_dirs() -> list[Path]:
 
 
 def load_archive_module(mar: Path, into: Path, module: str):
-    """Unpack `mar` into `into` and import `module` of the archive's handler package under a
-    package name of its own, so two archives in one process never share modules."""
-    import importlib
-    import importlib.util
-    import sys
+    """results.load_handler_module, its failures as ConfigError."""
     import zipfile
 
     try:
-        with zipfile.ZipFile(mar) as z:
-            z.extractall(into)
-        pkg_dir = Path(into) / "tabserve_handler"
-        name = f"tabserve_handler_{abs(hash(str(into)))}"
-        spec = importlib.util.spec_from_file_location(
-            name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
-        )
-        if spec is None or spec.loader is None:
-            raise ImportError("no tabserve_handler package")
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[name] = package
-        spec.loader.exec_module(package)
-        return importlib.import_module(f"{name}.{module}")
+        return load_handler_module(mar, into, module)
     except (OSError, KeyError, zipfile.BadZipFile, ImportError) as exc:
         raise ConfigError(f"cannot load the handler from {mar}: {exc}") from exc
 
