@@ -1,73 +1,132 @@
-"""Spark benchmark: rows/s of `tabserve score --engine spark` with local[2] against
-`--engine local` on the same file in the same run, and the time to start the Spark session.
+"""Spark benchmark: `tabserve score --engine spark --master local[2]` against `--engine local` on
+the same files in the same run, CSV and Parquet, each as a process from command to exit.
+
+The issue's measure: the fixed cost taken out, i.e. the 1M-row job's seconds minus a 10-row
+job's, per engine; Spark's marginal rows/s over local's. Also: the 10-row job with and without
+the driver's class archive (TABSERVE_SPARK_CDS=0), and the count pass that gives row numbers
+with more than one partition (cold: the first query of a fresh session; warm: the second).
 One machine shows Spark's overhead, not its scale-out.
 
-    .venv/bin/python bench/spark.py [--rows 1000000]
+    .venv/bin/python bench/spark.py [--rows 1000000] [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
+import statistics
 import sys
 import time
+from pathlib import Path
 
-from common import OUT, ensure_model, iris_like_csv, markdown_table, run_measured
+from common import OUT, ensure_model, iris_like_csv, iris_like_parquet, markdown_table, run_measured
+
+MASTER = "local[2]"
+
+
+def score(data: Path, out: Path, engine: str, env: dict[str, str] | None = None) -> float:
+    """Seconds from command to exit of one `tabserve score`."""
+    store = ensure_model()
+    if out.is_dir():
+        shutil.rmtree(out)
+    argv = [sys.executable, "-m", "tabserve", "score", str(data), "-o", str(out), "--model-store", str(store)]
+    argv += ["--engine", engine] + (["--master", MASTER] if engine == "spark" else [])
+    run = run_measured(argv, env)
+    if run.returncode != 0:
+        sys.exit(f"tabserve score failed ({run.returncode}):\n{run.stdout[-3000:]}")
+    return run.seconds
+
+
+def count_pass(data: Path) -> tuple[float, float, int]:
+    """The count pass on `data` in a session set up as the CLI sets up its own: (cold s, warm
+    s, partitions)."""
+    from pyspark.sql import SparkSession
+
+    from tabserve import spark_job
+    from tabserve.batch.engines.spark import ClassArchive
+
+    archive = ClassArchive.for_this_jvm()
+    options = ["-XX:TieredStopAtLevel=1"] + ([archive.java_options()] if archive else [])
+    builder = SparkSession.builder.master(MASTER).appName("tabserve-bench")
+    spark = builder.config("spark.driver.extraJavaOptions", " ".join(options)).getOrCreate()
+    try:
+        source = spark_job.list_input(spark, str(data), None)
+        times = []
+        for _ in range(2):
+            frame = spark_job.read_input(spark, source, False)
+            t0 = time.perf_counter()
+            counts, _ = spark_job.row_offsets(frame)
+            times.append(time.perf_counter() - t0)
+    finally:
+        spark.stop()
+    return times[0], times[1], len(counts or [0])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each job (the median is shown)")
     args = ap.parse_args()
-    store = ensure_model()
-    data = iris_like_csv(OUT / f"iris_{args.rows}.csv", args.rows)
-
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
+    big = iris_like_csv(OUT / f"iris_{args.rows}.csv", args.rows)
+    small = OUT / "iris_10.csv"
+    with big.open() as f:
+        small.write_text("".join(itertools.islice(f, 11)))
+    inputs = {"csv": (small, big), "parquet": (iris_like_parquet(small, 10), iris_like_parquet(big))}
 
-    t0 = time.perf_counter()
-    spark = SparkSession.builder.master("local[2]").appName("tabserve-bench").getOrCreate()
-    start_s = time.perf_counter() - t0
-    spark.stop()
+    # The first Spark job on a machine writes the driver's class archive (once).
+    from tabserve.batch.engines.spark import ClassArchive
 
-    base = [sys.executable, "-m", "tabserve", "score", str(data), "--model-store", str(store)]
-    local = run_measured([*base, "-o", str(OUT / "local.csv"), "--engine", "local"])
-    shutil.rmtree(OUT / "spark_out", ignore_errors=True)
-    spark_run = run_measured(
-        [
-            *base,
-            "-o",
-            str(OUT / "spark_out"),
-            "--engine",
-            "spark",
-            "--master",
-            "local[2]",
-            "--partitions",
-            "2",
-        ]
+    archive = ClassArchive.for_this_jvm()
+    had_archive = archive is not None and archive.path.is_file()
+    first = score(small, OUT / "spark_first", "spark")
+    no_archive = statistics.median(
+        score(small, OUT / "spark_nocds", "spark", {"TABSERVE_SPARK_CDS": "0"}) for _ in range(args.repeat)
     )
-    for run in (local, spark_run):
-        if run.returncode != 0:
-            sys.exit(f"tabserve score failed ({run.returncode}):\n{run.stdout[-3000:]}")
-    rows = [
+
+    rows, figures = [], {}
+    for fmt, (few, many) in inputs.items():
+        for engine in ("local", "spark"):
+            suffix = ".parquet" if fmt == "parquet" else (".csv" if engine == "local" else "")
+            runs = range(args.repeat)
+            t10 = statistics.median(score(few, OUT / f"{engine}_10{suffix}", engine) for _ in runs)
+            tbig = statistics.median(score(many, OUT / f"{engine}_big{suffix}", engine) for _ in runs)
+            figures[fmt, engine] = (t10, tbig)
+        local_marginal = figures[fmt, "local"][1] - figures[fmt, "local"][0]
+        for engine in ("local", "spark"):
+            t10, tbig = figures[fmt, engine]
+            marginal = tbig - t10
+            rows.append(
+                [
+                    f"{fmt} in and out, --engine {engine}" + (f" {MASTER}" if engine == "spark" else ""),
+                    f"{t10:.1f}",
+                    f"{tbig:.1f}",
+                    f"{marginal:.1f}",
+                    f"{args.rows / marginal:,.0f}",
+                    f"{local_marginal / marginal:.2f}",
+                ]
+            )
+    cold, warm, parts = count_pass(big)
+    md = markdown_table(
         [
-            "tabserve score --engine local",
-            f"{args.rows:,}",
-            f"{local.seconds:.1f}",
-            f"{args.rows / local.seconds:,.0f}",
-            "1.00",
+            "job",
+            "10 rows: s",
+            f"{args.rows:,} rows: s",
+            "marginal s (big - 10)",
+            "marginal rows/s",
+            "vs local (marginal)",
         ],
-        [
-            "tabserve score --engine spark --master local[2]",
-            f"{args.rows:,}",
-            f"{spark_run.seconds:.1f}",
-            f"{args.rows / spark_run.seconds:,.0f}",
-            f"{local.seconds / spark_run.seconds:.2f}",
-        ],
-    ]
-    md = markdown_table(["job", "rows", "seconds (process start to exit)", "rows/s", "vs local"], rows)
-    md += f"\nSpark session start (local[2]): {start_s:.1f} s\n"
+        rows,
+    )
+    md += (
+        f"\nThe 10-row CSV job with Spark: {figures['csv', 'spark'][0]:.1f} s; without the class archive "
+        f"(TABSERVE_SPARK_CDS=0) {no_archive:.1f} s; "
+        + (f"the first run on this machine, writing it, {first:.1f} s.\n" if not had_archive else "\n")
+        + f"Count pass for row numbers ({args.rows:,} CSV rows, {parts} partitions): {cold:.2f} s as the "
+        f"first query of a session, {warm:.2f} s as the second.\n"
+    )
     print(md)
     (OUT / "spark.md").write_text(md)
 

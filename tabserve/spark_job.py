@@ -324,12 +324,13 @@ def read_input(spark: Any, source: Input, multiline: bool, check: Any = None) ->
         # Spark's text reader: each line is one record, as its own bytes (splittable; a line
         # ends at \n, \r\n or \r). The first line of each file is its header.
         starts, at = [], 0
-        for path in source.files:
+        for k, path in enumerate(source.files):
             lines = spark.read.text(path)
             df = lines.where(~_blank(col("value"))).select(col("value").cast("binary"))
             frames.append(df)
             starts.append(at)
-            at += df._jdf.rdd().getNumPartitions()
+            if k + 1 < len(source.files):  # where the next file starts (a plan of this scan)
+                at += df._jdf.rdd().getNumPartitions()
         return Frame(_union(frames), "text", header, names, spark_names, frozenset(starts), None)
 
     from pyspark.sql.types import StringType, StructField, StructType

@@ -531,3 +531,59 @@ def test_multiline_reads_quoted_line_breaks_with_sparks_csv_reader(tmp_path, mod
         and "a quote is left open at the end of the line" in rows[1][-1]
     )
     assert rows[2][0] == 'lines, 0"' and rows[2][-1].startswith("row 2: a quote is left open")
+
+
+def test_the_cli_starts_its_own_session_with_a_class_archive_and_the_torch_daemon(tmp_path, model_store):
+    """`tabserve score --engine spark` in a process with no session: it starts one (C1, the
+    class archive, the daemon that imports torch once) and stops it. The first run writes the
+    archive at its JVM's exit and puts it in place; the second maps it; both write the same
+    output as --engine local."""
+    import os
+    import subprocess
+
+    inp = tmp_path / "in.csv"
+    write_csv(inp, 300)
+    local = tmp_path / "local.csv"
+    argv = ["score", str(inp), "--model-store", str(model_store), "--chunk-rows", "100"]
+    assert main([*argv, "-o", str(local), "--engine", "local"]) == 2
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYSPARK_PYTHON": sys.executable}
+    env.pop("TABSERVE_SPARK_CDS", None)
+    cds = tmp_path / "cache" / "tabserve" / "spark-cds"
+    for k in range(2):
+        out = tmp_path / f"out{k}"
+        cli = [
+            sys.executable,
+            "-m",
+            "tabserve",
+            *argv,
+            "-o",
+            str(out),
+            "--engine",
+            "spark",
+            "--master",
+            "local[1]",
+        ]
+        proc = subprocess.run(cli, capture_output=True, text=True, env=env)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "scored 305 rows: 300 ok, 5 errors" in proc.stdout
+        assert spark_bytes(out) == local.read_bytes()
+        archives = list(cds.glob("*"))
+        assert [p.suffix for p in archives] == [".jsa"] and archives[0].stat().st_size > 10_000_000, archives
+
+
+def test_the_class_archive_is_kept_only_when_the_jvm_ended_normally(tmp_path, monkeypatch):
+    from tabserve.batch.engines.spark import ClassArchive
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    archive = ClassArchive.for_this_jvm()
+    assert archive is not None and archive.path.parent == tmp_path / "tabserve" / "spark-cds"
+    assert ClassArchive.for_this_jvm().path == archive.path  # one name for one JVM and Spark
+    for ended, kept in ((False, False), (True, True)):
+        options = archive.java_options()
+        assert options.startswith(f"-XX:ArchiveClassesAtExit={archive.writing} ")
+        archive.writing.write_bytes(b"an archive")
+        archive.keep_after(ended)
+        assert archive.path.is_file() == kept and not archive.writing.exists()
+    assert archive.java_options().startswith(f"-XX:SharedArchiveFile={archive.path} ")
+    monkeypatch.setenv("TABSERVE_SPARK_CDS", "0")
+    assert ClassArchive.for_this_jvm() is None

@@ -47,8 +47,16 @@ def run_job(config: ScoreConfig) -> ScoreResult:
     if own:
         builder = SparkSession.builder.master(config.master).appName("tabserve-score")
         builder = builder.config("spark.ui.showConsoleProgress", progress)
-        if archive is not None:
-            builder = builder.config("spark.driver.extraJavaOptions", archive.java_options())
+        if config.master.startswith("local"):
+            # The driver JVM is the executor too, and a job's start is most of a small job:
+            # classes mapped from an archive (ClassArchive), and C1 only, which compiles the
+            # hot paths sooner (bench/spark.py: 10-row and 1M-row jobs, in bench/out/spark.md).
+            options = ["-XX:TieredStopAtLevel=1"] + ([archive.java_options()] if archive else [])
+            builder = builder.config("spark.driver.extraJavaOptions", " ".join(options))
+            # The workers run this Python, with tabserve: torch imported once, in the daemon.
+            builder = builder.config("spark.python.daemon.module", "tabserve.batch.spark_daemon")
+        else:
+            archive = None  # a cluster's driver JVM: Spark's defaults
         spark = builder.getOrCreate()
     try:
         job = spark_job.run(
