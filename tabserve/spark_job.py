@@ -168,9 +168,11 @@ def _java_message(exc: Exception) -> str:
     return text.splitlines()[0][:500] if text else type(exc).__name__
 
 
-def read_first_line(spark: Any, path: str) -> str:
-    """A file's first line, read through Hadoop's file system on the driver (decompressed as
-    Spark would, by its name: .gz, .bz2...): no Spark job."""
+def read_first_line(spark: Any, path: str) -> bytes:
+    """A file's first line as its bytes (without a BOM or line end), read through Hadoop's file
+    system on the driver (decompressed as Spark would, by its name: .gz, .bz2...): no Spark
+    job. Read as ISO-8859-1, one character per byte, so that the bytes come back as they are,
+    whatever they hold; lines end where Spark's text reader ends them (\\n, \\r\\n or \\r)."""
     sc = spark.sparkContext
     jvm = sc._jvm
     conf = sc._jsc.hadoopConfiguration()
@@ -179,14 +181,14 @@ def read_first_line(spark: Any, path: str) -> str:
     codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
     if codec is not None:
         stream = codec.createInputStream(stream)
-    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "ISO-8859-1"))
     try:
         line = reader.readLine()
     finally:
         reader.close()
     if line is None:
         raise SparkJobError(f"{path} is empty: expected a CSV header line")
-    return line.rstrip("\r").lstrip("\ufeff")
+    return line.encode("latin-1").removeprefix(b"\xef\xbb\xbf")
 
 
 def archive_schema(mar: Path) -> tuple[list[str], list[str]]:
@@ -246,6 +248,7 @@ class Frame(NamedTuple):
     spark_names: list[str]  # ... as Spark names them (unique)
     file_starts: frozenset[int]  # "text": the partitions that start with a file's header line
     raw: str | None  # "csv": the malformed-record column
+    first_line: bytes = b""  # "text": each file's first line, as its bytes (its header)
 
 
 # A blank line is not a data row: empty, or whitespace only as tabserve.csvio reads it (ASCII
@@ -261,7 +264,7 @@ def _blank(value: Any) -> Any:
     from pyspark.sql.functions import ascii as first_code
 
     code = first_code(value)
-    return (code <= 32) | (code >= 127) & value.rlike(BLANK_LINE)
+    return ((code <= 32) | (code >= 127)) & value.rlike(BLANK_LINE)
 
 
 def parquet_columns(spark: Any, path: str) -> list[str]:
@@ -305,13 +308,15 @@ def read_input(spark: Any, source: Input, multiline: bool, check: Any = None) ->
         header = ",".join(map(_quote, names)).encode("utf-8")
         return Frame(_union(frames), "parquet", header, names, names, frozenset(), None)
 
-    header_text = read_first_line(spark, source.files[0])
+    first_line = read_first_line(spark, source.files[0])
     for path in source.files[1:]:
         other = read_first_line(spark, path)
-        if other != header_text:
+        if other != first_line:
             raise SparkJobError(
-                f"{path} has header {other!r}, not that of {source.files[0]}: {header_text!r}"
+                f"{path} has header {_text(other)!r}, not that of {source.files[0]}: {_text(first_line)!r}"
             )
+    # The header as the other engines read it: UTF-8, a bad byte read as U+FFFD.
+    header_text = _text(first_line)
     try:
         names = [n.strip() for n in next(csv.reader([header_text]))]
     except csv.Error as exc:
@@ -331,7 +336,7 @@ def read_input(spark: Any, source: Input, multiline: bool, check: Any = None) ->
             starts.append(at)
             if k + 1 < len(source.files):  # where the next file starts (a plan of this scan)
                 at += df._jdf.rdd().getNumPartitions()
-        return Frame(_union(frames), "text", header, names, spark_names, frozenset(starts), None)
+        return Frame(_union(frames), "text", header, names, spark_names, frozenset(starts), None, first_line)
 
     from pyspark.sql.types import StringType, StructField, StructType
 
@@ -352,7 +357,19 @@ def read_input(spark: Any, source: Input, multiline: bool, check: Any = None) ->
                 enforceSchema=True,  # the headers were checked above, against the first's
             )
         )
-    return Frame(_union(frames), "csv", header, names, spark_names, frozenset(), raw)
+    # Spark's CSV reader skips empty lines only: a line of whitespace comes as a malformed
+    # record; dropped here as the other engines skip it. (The first column is in the condition
+    # too: Spark refuses a query whose only column read is the malformed-record one.)
+    from pyspark.sql.functions import coalesce, concat, lit
+
+    df = _union(frames)
+    text = concat(col(raw), coalesce(col(spark_names[0]), lit("")))
+    df = df.where(col(raw).isNull() | ~_blank(text))
+    return Frame(df, "csv", header, names, spark_names, frozenset(), raw)
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "replace")
 
 
 def _union(frames: list[Any]) -> Any:
@@ -481,6 +498,7 @@ def _run(
         mar_name=mar.name,
         source=frame.source,
         header=frame.header,
+        first_line=frame.first_line,
         names=frame.spark_names,
         columns=out_columns,
         output=fmt,
@@ -507,8 +525,7 @@ def _run(
         schema = StructType([*fields, StructField("error", StringType())])
     scored = frame.df.mapInArrow(partial(tasks.score_partition, task), schema)
     if fmt == "csv":
-        # The lines' own bytes (a record with invalid UTF-8 passes through as the local
-        # engine writes it).
+        # The lines' bytes as the tasks wrote them (UTF-8).
         scored.select(col("value").cast("string")).write.text(output)
     else:
         scored.write.parquet(output)

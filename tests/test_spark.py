@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tabserve.archive import ArchiveConfig, archive
 from tabserve.cli import main
@@ -209,7 +211,9 @@ def test_a_chunk_refused_or_failed_is_split_on_spark_as_the_pipeline_splits_it(t
     try:
         engine.model = _Poisoned(engine.model)
         spark_tasks._models[key] = engine.model
-        task = spark_tasks.Task(key, "text", header.encode(), header.split(","), columns, "csv")
+        task = spark_tasks.Task(
+            key, "text", header.encode(), header.encode(), header.split(","), columns, "csv"
+        )
         records = [line.encode() for line in lines]
         rb = pa.RecordBatch.from_arrays([pa.array(records, pa.binary())], ["value"])
         out = spark_tasks.score_batch(task, rb, 1)
@@ -587,3 +591,134 @@ def test_the_class_archive_is_kept_only_when_the_jvm_ended_normally(tmp_path, mo
     assert archive.java_options().startswith(f"-XX:SharedArchiveFile={archive.path} ")
     monkeypatch.setenv("TABSERVE_SPARK_CDS", "0")
     assert ClassArchive.for_this_jvm() is None
+
+
+def test_blank_lines_in_the_jvm_are_exactly_the_other_engines_blank_lines(spark):
+    """The JVM's filter (spark_job._blank) against tabserve.csvio's definition, on every
+    character below U+3001 alone and after a space, lines that start with a space, a tab, a
+    NUL or a control character and go on, and random strings of whitespace and other
+    characters: one Spark job for them all."""
+    import random
+
+    from pyspark.sql.functions import col
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from tabserve.csvio import _is_blank
+    from tabserve.spark_job import _blank
+
+    chars = [chr(c) for c in range(0x3001) if not 0xD800 <= c < 0xE000]
+    lines = ["", *chars, *(" " + c for c in chars), *(c + "1,5.1" for c in " \t\x00\x1c\x0b\r\u00a0\u3000")]
+    spaces = [c for c in chars if c.isspace()] + [" ", "\t"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        pool = spaces if rng.random() < 0.7 else spaces + ["a", "\x1c", "\x00", "é", ","]
+        lines.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 6))))
+    df = spark.createDataFrame([(line,) for line in lines], StructType([StructField("v", StringType())]))
+    got = [r[0] for r in df.select(_blank(col("v"))).collect()]
+    want = [_is_blank(line.encode("utf-8")) for line in lines]
+    assert sum(want) > 100 and len(got) == len(want)
+    assert [line for line, g, w in zip(lines, got, want) if bool(g) != w] == []
+
+
+def test_hostile_lines_keep_their_rows_and_numbers_as_in_the_local_engine(tmp_path, model_store, spark):
+    """Lines that start with a space, a tab, a NUL or a control character; invalid UTF-8 in a
+    data row and in the header's name of a column the model does not use; lines of only
+    whitespace (skipped, also with --multiline, whose reader would make rows of them): every
+    data row once, with the local engine's row numbers, errors and text."""
+    data = (
+        b"caf\xe9,id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n"
+        b"a, 1,5.1,3.5,1.4,0.2\n"
+        b"\tb,2,5.1,3.5,1.4,0.2\n"
+        b"\x1c\n"
+        b"   \n"
+        b"\x00c,4,5.1,3.5,1.4,0.2\n"
+        b"\t\n"
+        b"d\xff,5,6.1,2.8,4.7,1.2\n"
+        b"\xa0\n"
+        b"\xc2\xa0\n"
+        b"e,6,x,3.3,6.0,2.5\n"
+        b"f,7,6.3,3.3,6.0,2.5\n"
+    )
+    inp = tmp_path / "in.csv"
+    inp.write_bytes(data)
+    local = tmp_path / "local.csv"
+    store = ["--model-store", str(model_store)]
+    assert main(["score", str(inp), "-o", str(local), *store, "--engine", "local"]) == 2
+    want = local.read_bytes()
+    for options in ([], ["--multiline"]):
+        out = tmp_path / f"out{len(options)}"
+        assert main(["score", str(inp), "-o", str(out), *store, "--engine", "spark", *options]) == 2
+        got = spark_bytes(out)
+        if not options:
+            assert got == want
+        else:  # Spark's CSV reader: fields re-quoted where needed; the same rows and errors
+            rows = list(csv.reader(io.StringIO(got.decode(), newline="")))
+            local_rows = list(csv.reader(io.StringIO(want.decode(), newline="")))
+            assert [r[-1] for r in rows] == [r[-1] for r in local_rows]
+            assert [r[6] for r in rows] == [r[6] for r in local_rows]
+    errors = [r[-1] for r in csv.reader(io.StringIO(want.decode(), newline="")) if r[-1]][1:]
+    assert errors == [
+        "row 3: empty line",
+        "row 6: expected 6 fields, got 1",
+        "row 7: feature 'sepal_length_cm' is not a number: 'x'",
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+            st.sampled_from(
+                [b"1,5.1,3.5,1.4,0.2", b'2,"5.1",3.5,1.4,0.2', b'3,"a,b",1,1,1', b"4,1e39,1,1,1"]
+            ),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    first_row=st.integers(1, 10**9),
+)
+def test_the_executors_batch_function_answers_every_line_of_arbitrary_bytes(lines, first_row, iris_model):
+    """spark_tasks.score_batch on lines of arbitrary bytes (as Spark's text reader hands
+    them over: no line ends): never raises, one output line per input line, each a CSV row
+    of the output's width in UTF-8, an error naming its own row or a label."""
+    import pyarrow as pa
+
+    from tabserve.batch import spark_tasks
+
+    header = b"id,sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm"
+    columns = ["label", "p_setosa", "p_versicolor", "p_virginica", "error"]
+    task = spark_tasks.Task(iris_model, "text", header, header, header.decode().split(","), columns, "csv")
+    rb = pa.RecordBatch.from_arrays([pa.array(lines, pa.binary())], ["value"])
+    out = spark_tasks.score_batch(task, rb, first_row).column(0).to_pylist()
+    assert len(out) == len(lines)
+    limit = csv.field_size_limit(1 << 20)
+    try:
+        for i, line in enumerate(out):
+            (row,) = list(csv.reader(io.StringIO(line.decode("utf-8"), newline="")))
+            assert len(row) == 10, (lines[i], line)
+            if row[-1]:
+                assert row[-1].startswith(f"row {first_row + i}: ") and row[5] == ""
+            else:
+                assert row[5] in ("setosa", "versicolor", "virginica")
+    finally:
+        csv.field_size_limit(limit)
+
+
+@pytest.fixture(scope="module")
+def iris_model(model_store):
+    """The Iris archive's LocalModel in the executors' module cache, under a name of its own."""
+    import tempfile
+
+    from tabserve.batch import results, spark_tasks
+
+    into = Path(tempfile.mkdtemp(prefix="tabserve-test-"))
+    key = "hypothesis-iris.mar"
+    spark_tasks._models[key] = results.load_handler_module(
+        model_store / "iris.mar", into, "local"
+    ).LocalModel(into)
+    yield key
+    spark_tasks._models.pop(key, None)
+    import shutil
+
+    shutil.rmtree(into, ignore_errors=True)

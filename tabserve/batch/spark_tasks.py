@@ -34,6 +34,7 @@ class Task:
     mar_name: str  # the archive, as SparkContext.addFile shipped it
     source: str  # "text": CSV records as lines; "csv": Spark's CSV reader; "parquet"
     header: bytes  # the input's header line: every body the handler gets starts with it
+    first_line: bytes  # "text": each file's first line as its bytes (the header, checked)
     names: list[str]  # the input's column names, as Spark has them
     columns: list[str]  # the output columns the results add (label, p_<class>..., error)
     output: str  # "csv": one text line per row; "parquet": typed columns
@@ -76,7 +77,7 @@ def score_partition(task: Task, batches: Iterator[Any]) -> Iterator[Any]:
     if task.output == "csv" and part == 0:
         yield pa.RecordBatch.from_arrays([pa.array([task.output_header], pa.binary())], ["value"])
     if part in task.file_starts:
-        batches = _without_header(batches, task.header, part)
+        batches = _without_header(batches, task.first_line, part)
     for rb in _chunks(batches, task.chunk_rows):
         yield score_batch(task, rb, row + 1)
         row += rb.num_rows
@@ -129,7 +130,7 @@ def score_batch(task: Task, rb: Any, first_row: int) -> Any:
 
     open_quote: list[int] = []
     if task.source == "text":  # each row is one record's own text
-        records = rb.column(0)
+        records = _utf8(rb.column(0))
         open_quote = _open_quotes(records)
     elif task.source == "csv":  # Spark's fields, written back as CSV; a malformed record's text
         records = _csv_records(rb, task.raw)
@@ -153,6 +154,21 @@ def score_batch(task: Task, rb: Any, first_row: int) -> Any:
         fields = [pa.field(n, pa.string()) for n in task.names]
     schema = pa.schema(fields + R.output_fields(task.columns))
     return pa.RecordBatch.from_arrays(inputs + R.output_arrays(scored, task.columns), schema=schema)
+
+
+def _utf8(records: Any) -> Any:
+    """The records as UTF-8, a bad byte read as U+FFFD (as tabserve.csvio reads a CSV file
+    for the other engines, which then write the record so)."""
+    import pyarrow as pa
+
+    try:
+        records.cast(pa.string())  # validates
+        return records
+    except pa.ArrowInvalid:
+        fixed = [
+            None if r is None else r.decode("utf-8", "replace").encode("utf-8") for r in records.to_pylist()
+        ]
+        return pa.array(fixed, pa.binary())
 
 
 OPEN_QUOTE = (
