@@ -47,6 +47,13 @@ class Results:
     def __len__(self) -> int:
         return len(self.values)
 
+    def failed(self) -> np.ndarray:
+        """A mask of the rows that failed (those with an error)."""
+        mask = np.zeros(len(self), dtype=bool)
+        if self.errors:
+            mask[list(self.errors)] = True
+        return mask
+
     @classmethod
     def refused(cls, n: int, first_row: int, message: str, width: int, classifier: bool) -> Results:
         """Every row of a part that could not be scored gets the reason as its error."""
@@ -261,9 +268,7 @@ def _field_columns(results: Results, columns: Sequence[str]) -> list[Any]:
     import pyarrow.compute as pc
 
     n = len(results)
-    failed = np.zeros(n, dtype=bool)
-    if results.errors:
-        failed[list(results.errors)] = True
+    failed = results.failed()
     out = []
     if results.labels is not None:
         classes = [quote(c[2:]).encode("utf-8") for c in columns[1:-1]] + [b""]
@@ -337,9 +342,7 @@ def output_arrays(results: Results, columns: Sequence[str]) -> list[Any]:
     import pyarrow as pa
 
     n = len(results)
-    failed = np.zeros(n, dtype=bool)
-    if results.errors:
-        failed[list(results.errors)] = True
+    failed = results.failed()
     out = []
     if results.labels is not None:
         classes = np.asarray([c[2:] for c in columns[1:-1]] + [None], dtype=object)
