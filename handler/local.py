@@ -108,6 +108,18 @@ class LocalModel:
         request = ctx.request_processor[0]
         return LocalAnswer(request.status, answer, dict(request.response_headers))
 
+    def request(
+        self, body: str | bytes, content_type: str = "application/json", accept: str = "application/json"
+    ) -> LocalAnswer:
+        """The answer to one online request, as TorchServe would send it: any content type
+        the handler reads (JSON rows, named objects, `instances`, CSV text with or without a
+        header line), answered as `accept` asks."""
+        ctx = LocalContext(*self._args)
+        ctx.request_processor = [_Request({"Content-Type": content_type, "Accept": accept})]
+        answer = self.handler.handle([{"body": body}], ctx)[0]
+        request = ctx.request_processor[0]
+        return LocalAnswer(request.status, answer, dict(request.response_headers))
+
     def respond_csv(self, body: str, first_row: int = 1, header: bool = True) -> LocalAnswer:
         """respond() answered as text/csv."""
         return self.respond(body, first_row, header)

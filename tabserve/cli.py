@@ -143,6 +143,27 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export -----------------------------------------------------------------------------------
+
+
+def cmd_export_oci(args: argparse.Namespace) -> int:
+    from .export import ArtifactConfig, export_oci_artifact
+
+    out = export_oci_artifact(
+        ArtifactConfig(
+            out=args.out,
+            mar=args.mar,
+            artifacts=args.artifacts,
+            conda_env=args.conda_env,
+            gpu=args.gpu,
+            answer=args.answer,
+            python_version=args.python_version,
+        )
+    )
+    print(f"wrote {out}: an OCI Data Science model artifact (score.py, runtime.yaml, the handler)")
+    return 0
+
+
 # --- archive ----------------------------------------------------------------------------------
 
 
@@ -711,6 +732,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's run directory, for its key file (default: .tabserve/run/PORT; TABSERVE_RUN_DIR)",
     )
     hc.set_defaults(func=cmd_health)
+
+    ex = sub.add_parser("export", help="write the model in another platform's format", **helpful)
+    targets = ex.add_subparsers(dest="target", required=True, metavar="TARGET")
+    oa = targets.add_parser(
+        "oci-artifact",
+        help="an OCI Data Science model artifact (score.py + runtime.yaml) over the archive's handler",
+        **helpful,
+    )
+    source = oa.add_mutually_exclusive_group(required=True)
+    source.add_argument("--artifacts", type=Path, help="a trained model's folder (weights + schema.json)")
+    source.add_argument("--mar", type=Path, help="a model archive made by tabserve archive")
+    oa.add_argument("-o", "--out", type=Path, required=True, help="OUT.zip, or a folder to write")
+    env_choice = oa.add_mutually_exclusive_group()
+    env_choice.add_argument(
+        "--conda-env", help="a service conda environment's slug, or a published one's oci:// path"
+    )
+    env_choice.add_argument("--gpu", action="store_true", help="the PyTorch service environment for GPU")
+    oa.add_argument("--python-version", help="the Python of a published conda environment (e.g. 3.11)")
+    oa.add_argument(
+        "--answer",
+        choices=["tabserve", "tutorial"],
+        default="tabserve",
+        help="predict()'s answer: tabserve's, or the tutorial's {\"prediction\": [[p, ...]]}",
+    )
+    oa.set_defaults(func=cmd_export_oci)
 
     tk = sub.add_parser("token", help="print the inference token of a running server", **helpful)
     tk.add_argument(

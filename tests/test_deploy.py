@@ -100,6 +100,59 @@ def test_model_deployment_is_a_valid_create_request_for_the_gpu_byoc_container()
     assert env.cmd == ["serve"]
 
 
+CONDA_DEPLOYMENT = OCI_DIR / "model-deployment-conda.json"
+
+
+def test_conda_model_deployment_is_a_valid_create_request_for_the_managed_runtime():
+    doc = json.loads(render(CONDA_DEPLOYMENT))
+    md = oci_model(doc, "CreateModelDeploymentDetails")
+    assert missing_required(md) == []
+    assert md.display_name == "tabserve-iris-conda"
+    config = md.model_deployment_configuration_details
+    assert isinstance(config, ds.SingleModelDeploymentConfigurationDetails)
+    # DEFAULT is OCI's managed (conda) model server: it runs the artifact's score.py in the
+    # conda environment its runtime.yaml names, so there is no image, port or command to give.
+    env = config.environment_configuration_details
+    assert type(env) is ds.DefaultModelDeploymentEnvironmentConfigurationDetails
+    assert env.environment_configuration_type == "DEFAULT"
+    raw_env = doc["modelDeploymentConfigurationDetails"]["environmentConfigurationDetails"]
+    assert set(raw_env) <= {"environmentConfigurationType", "environmentVariables"}
+    assert not hasattr(env, "image") and "OCIR" not in CONDA_DEPLOYMENT.read_text()
+    variables = env.environment_variables or {}
+    assert set(variables) <= {"WEB_CONCURRENCY"}  # documented as overridable on the managed runtime
+    assert all(len(k) < 32 and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*[A-Za-z0-9]", k) for k in variables)
+    assert len(json.dumps(variables)) < 2048
+    model = config.model_configuration_details
+    instance = model.instance_configuration
+    assert instance.instance_shape_name == "VM.Standard.E4.Flex"
+    shape = instance.model_deployment_instance_shape_config_details
+    assert isinstance(shape, ds.ModelDeploymentInstanceShapeConfigDetails)
+    assert (shape.ocpus, shape.memory_in_gbs) == (1, 16)
+    assert (
+        isinstance(model.scaling_policy, ds.FixedSizeScalingPolicy)
+        and model.scaling_policy.instance_count == 1
+    )
+    assert model.bandwidth_mbps == 10
+    logs = md.category_log_details
+    assert logs.access.log_group_id == logs.predict.log_group_id and logs.access.log_id != logs.predict.log_id
+
+
+def test_model_deployments_use_only_their_own_placeholders():
+    def names(path: Path) -> set[str]:
+        return set(re.findall(r"\$\{(\w+)\}", path.read_text()))
+
+    common = {
+        "PROJECT_OCID",
+        "COMPARTMENT_OCID",
+        "MODEL_OCID",
+        "LOG_GROUP_OCID",
+        "ACCESS_LOG_OCID",
+        "PREDICT_LOG_OCID",
+    }
+    assert names(CONDA_DEPLOYMENT) == common
+    assert names(OCI_DIR / "model-deployment.json") == common | {"OCIR_IMAGE", "OCIR_IMAGE_DIGEST"}
+
+
 def test_job_scores_from_and_to_object_storage_on_a_gpu_shape():
     job = oci_model(json.loads(render(OCI_DIR / "job.json")), "CreateJobDetails")
     assert isinstance(
@@ -161,6 +214,21 @@ def test_the_checks_catch_typos_and_unknown_values():
     )
     with pytest.raises(AssertionError):
         oci_model(doc, "CreateModelDeploymentDetails")
+    for key, value, match in [
+        ("memoryInGbs", 16, "has no field"),  # in the shape config; the API spells it memoryInGBs
+        ("environmentConfigurationType", "CONDA", "unknown .* subtype"),  # the conda runtime is DEFAULT
+        ("image", "iad.ocir.io/mytenancy/tabserve:gpu", "has no field"),  # DEFAULT takes no image
+    ]:
+        doc = json.loads(render(CONDA_DEPLOYMENT))
+        config = doc["modelDeploymentConfigurationDetails"]
+        if key == "memoryInGbs":
+            target = config["modelConfigurationDetails"]["instanceConfiguration"]
+            target = target["modelDeploymentInstanceShapeConfigDetails"]
+        else:
+            target = config["environmentConfigurationDetails"]
+        target[key] = value
+        with pytest.raises(AssertionError, match=match):
+            oci_model(doc, "CreateModelDeploymentDetails")
     dep = yaml.safe_load(render(OCI_DIR / "oke" / "deployment.yaml"))
     dep["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
     with pytest.raises(AssertionError):
