@@ -26,7 +26,7 @@ import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import repeat
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -107,7 +107,9 @@ class Rows:
         return np.fromiter(map(operator.is_, self.errors, repeat(None)), dtype=bool, count=n)
 
 
-Spec = Encoder | Sequence[str]
+# Union, not `|`: an alias is evaluated when the module loads, and the artifact of `tabserve
+# export oci-artifact` runs in OCI's Python 3.9 conda environment.
+Spec = Union[Encoder, Sequence[str]]  # noqa: UP007
 
 
 def encoder_of(spec: Spec) -> Encoder:

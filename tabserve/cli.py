@@ -748,7 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
     env_choice.add_argument(
         "--conda-env", help="a service conda environment's slug, or a published one's oci:// path"
     )
-    env_choice.add_argument("--gpu", action="store_true", help="the PyTorch service environment for GPU")
+    env_choice.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the PyTorch service environment for GPU shapes (today the default's pack: README)",
+    )
     oa.add_argument("--python-version", help="the Python of a published conda environment (e.g. 3.11)")
     oa.add_argument(
         "--answer",

@@ -82,7 +82,10 @@ def export_oci_artifact(config: ArtifactConfig) -> Path:
         (stage / SETTINGS_FILE).write_text(json.dumps({"answer": config.answer}, indent=2) + "\n")
         (stage / "input_schema.json").write_text(json.dumps(input_schema(schema), indent=2) + "\n")
         (stage / "output_schema.json").write_text(json.dumps(output_schema(schema), indent=2) + "\n")
-        return _write(stage, out)
+        try:
+            return _write(stage, out)
+        except OSError as exc:
+            raise ExportError(f"cannot write {out}: {exc}") from exc
 
 
 def _unpack(mar: Path, into: Path) -> None:
@@ -144,6 +147,11 @@ def runtime_yaml(config: ArtifactConfig) -> str:
 def conda_env(config: ArtifactConfig) -> tuple[str, str, str]:
     """(slug, oci:// path, Python version) of the environment to serve in."""
     env = config.conda_env
+    python = config.python_version
+    if python is not None and not re.fullmatch(r"3\.\d{1,2}", python):
+        raise ExportError(f"--python-version must be like 3.11, got {python!r}")
+    if python is not None and not (env or "").startswith("oci://"):
+        raise ExportError("--python-version goes with --conda-env oci://... (a pack named by its path)")
     if env is None:
         return CONDA_ENVS["gpu" if config.gpu else "cpu"]
     known = {s: (s, p, v) for s, p, v in CONDA_ENVS.values()}
@@ -155,7 +163,6 @@ def conda_env(config: ArtifactConfig) -> tuple[str, str, str]:
             "of a pack (a service pack's from the notebook's Environment Explorer, or a published one)"
         )
     slug = env.rstrip("/").rsplit("/", 1)[-1]
-    python = config.python_version
     if not python:
         found = re.search(r"_p(3)(\d+)_", slug)  # service slugs name their Python: _p39_, _p311_
         if not found:

@@ -4,8 +4,8 @@ OCI Model Deployment (and oracle-ads' local verify) imports this file, calls loa
 and predict(data, model) per request. Both call the archive's own handler, shipped beside this
 file (tabserve_handler/, with schema.json, the weights and MAR-INF/MANIFEST.json, as in the
 .mar): the same decoding, per-row errors, containment limits and answers as TorchServe's. No
-second implementation, nothing unpickled (the weights are a state_dict read with
-weights_only=True by the handler).
+second implementation, and no arbitrary object unpickled (the weights are a state_dict read by
+torch's weights_only loader).
 
 `data` is what Model Deployment hands over: the JSON body already parsed (a row, a list of
 rows, an object keyed by feature names, {"instances": [...]}) or, for other content types, the
@@ -13,10 +13,14 @@ body as bytes or text (CSV with or without a header line). The answer is tabserv
 ({"predictions": [...], "model": {...}}), or with an artifact exported with `--answer tutorial`
 the tutorial's {"prediction": [[p_class0, p_class1, ...], ...]} (a regression model: [[value],
 ...]); a row that failed is null there, and its message is in "errors" ({row number: message}).
-A request the handler refuses as a whole (not JSON or CSV, too large) raises ValueError with
-the handler's message: Model Deployment answers it as an error.
+When some rows hold categories that training never saw, the answer also has "unseen":
+{column: count} (TorchServe sends it as the X-Tabserve-Unseen header). A request the handler
+refuses as a whole (not JSON or CSV, too large), or a Python value that is not JSON (numpy
+arrays and pandas DataFrames are sent as their rows), raises ValueError with the message:
+Model Deployment answers it as an error.
 
-Runs on CUDA when a GPU is available (a GPU shape), else on the CPU.
+Runs on CUDA when torch sees a GPU (a GPU shape), else on the CPU. Imports only the handler
+beside it and what it imports (torch, numpy, PyYAML): Python 3.9 or newer.
 """
 
 import json
@@ -57,19 +61,49 @@ def predict(data, model=None):
             message = text
         raise ValueError(f"HTTP {answer.status}: {message}")
     result = json.loads(text)
+    unseen = _unseen(answer.headers)
     if _settings().get("answer") == "tutorial":
-        return _tutorial(result)
+        result = _tutorial(result)
+    if unseen:  # TorchServe sends it as a header (X-Tabserve-Unseen); an artifact has none
+        result["unseen"] = unseen
     return result
+
+
+def _unseen(headers):
+    """{column: count} of the categories training never saw, from the handler's header."""
+    for key, value in headers.items():
+        if key.lower() == "x-tabserve-unseen":
+            try:
+                counts = json.loads(value)
+            except ValueError:
+                return {}
+            return counts if isinstance(counts, dict) else {}
+    return {}
 
 
 def _body(data):
     """The request body as bytes, and its content type."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
-        return raw, _sniff(raw.lstrip()[:1])
+        return raw, _sniff(raw.removeprefix(b"\xef\xbb\xbf").lstrip()[:1])
     if isinstance(data, str):
-        return data.encode("utf-8"), _sniff(data.lstrip()[:1].encode("utf-8"))
-    return json.dumps(data).encode("utf-8"), "application/json"
+        return data.encode("utf-8"), _sniff(data.lstrip("\ufeff").lstrip()[:1].encode("utf-8"))
+    try:
+        return json.dumps(data, default=_plain, allow_nan=False).encode("utf-8"), "application/json"
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot send this request as JSON: {exc}") from exc
+
+
+def _plain(value):
+    """A value json cannot write as it is, as what it holds: a numpy array or scalar, a pandas
+    DataFrame (its rows as objects keyed by column names)."""
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):
+        return value.to_dict(orient="records")
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not a row, a list of rows or an object")
 
 
 def _sniff(first: bytes) -> str:
