@@ -67,6 +67,9 @@ class Schema:
     # Descriptive fields: training statistics, metrics, provenance. The handler does not need
     # them to predict, but they answer "what is this model?" from the archive alone.
     feature_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    # What the model predicted on its training split: the baseline a batch's predictions are
+    # compared with (class counts, or the predicted values' statistics and bins).
+    prediction_stats: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -143,6 +146,7 @@ class Schema:
             },
             "weights": {"file": self.weights_file, "sha256": self.weights_sha256},
             "feature_stats": d["feature_stats"],
+            "prediction_stats": d["prediction_stats"],
             "metrics": d["metrics"],
             "training": d["training"],
             "versions": d["versions"],
@@ -175,6 +179,7 @@ class Schema:
                 weights_file=str(d["weights"]["file"]),
                 weights_sha256=str(d["weights"].get("sha256", "")),
                 feature_stats=dict(d.get("feature_stats", {})),
+                prediction_stats=dict(d.get("prediction_stats", {})),
                 metrics=dict(d.get("metrics", {})),
                 training=dict(d.get("training", {})),
                 versions=dict(d.get("versions", {})),

@@ -89,7 +89,8 @@ def _body(data):
     if isinstance(data, str):
         return data.encode("utf-8"), _sniff(data.lstrip("\ufeff").lstrip()[:1].encode("utf-8"))
     try:
-        return json.dumps(data, default=_plain, allow_nan=False).encode("utf-8"), "application/json"
+        # NaN and infinity as JSON's NaN/Infinity: the handler names them per row ("not finite").
+        return json.dumps(data, default=_plain).encode("utf-8"), "application/json"
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot send this request as JSON: {exc}") from exc
 

@@ -376,8 +376,10 @@ def test_python_values_unseen_categories_and_more_refusals(artifacts, tmp_path):
     assert score.predict(pd.DataFrame(ROWS, columns=FEATURES), model) == want
     with pytest.raises(ValueError, match="not a row"):
         score.predict({1, 2}, model)
-    with pytest.raises(ValueError, match="JSON"):
-        score.predict([[float("nan"), 1, 2, 3]], model)
+    # NaN and infinity reach the handler as JSON's NaN and Infinity: its rules apply (this
+    # model imputes a missing value; infinity is a row error).
+    got = score.predict([[float("nan"), 1, 2, 3], [float("inf"), 1, 2, 3]], model)["predictions"]
+    assert "label" in got[0] and got[1] == {"error": "row 2: feature 'sepal_length_cm' is not finite: inf"}
     write_penguins(tmp_path / "penguins")
     export_oci_artifact(ArtifactConfig(out=tmp_path / "p", artifacts=tmp_path / "penguins"))
     penguins = load_score(tmp_path / "p", "score_unseen")

@@ -288,6 +288,12 @@ def test_regression_trains_on_a_standardised_target_and_reports_rmse_mae_r2(tmp_
     )
     schema = export(table, cfg, result, tmp_path / "out")
     assert schema.task == "regression" and schema.outputs == ["prediction"]
+    # The training baseline: the predicted values' statistics and decile bins, in price units.
+    p = schema.prediction_stats
+    assert p["rows"] == len(result.train_index) == sum(p["bins"]["counts"])
+    assert abs(p["mean"] - y_train.mean()) < 500 and p["min"] < p["bins"]["edges"][0] < p["max"]
+    assert sum(schema.feature_stats["size"]["bins"]["counts"]) == len(result.train_index)
+    assert "bins" not in schema.feature_stats["kind"]  # categories keep their counts
     predictor = Predictor(tmp_path / "out")
     rows = from_json([{"size": 5.0, "kind": "b"}, {"size": 5.0, "kind": None}], predictor.encoder)
     out, errors = predictor.predict_rows(rows)

@@ -56,7 +56,7 @@ def test_schema_describes_the_model_completely(artifacts: Path):
         "type": "mlp",
     }
     assert len(d["scaler"]["mean"]) == len(d["scaler"]["scale"]) == 4
-    assert set(d["feature_stats"]["petal_width_cm"]) == {"min", "max", "mean", "std", "missing"}
+    assert set(d["feature_stats"]["petal_width_cm"]) == {"min", "max", "mean", "std", "missing", "bins"}
     assert d["format_version"] == 2 and d["task"] == "classification" and d["missing"] == "impute"
     assert [c["role"] for c in d["columns"]] == ["numeric"] * 4
     assert not any(c["indicator"] for c in d["columns"])  # no missing values in Iris
@@ -113,3 +113,25 @@ def test_bad_training_csv_is_a_clear_error_before_training(tmp_path, text, targe
     with pytest.raises(DataError) as info:
         load_csv(path, target)
     assert message in str(info.value)
+
+
+def test_schema_holds_the_training_baseline_for_drift(artifacts: Path):
+    """Per numeric feature, the training split's values in decile bins (each bin about a tenth
+    of the rows, every value counted once); the model's predictions on the training split per
+    class. Old schemas without them still load."""
+    from tabserve.handler.schema import Schema
+
+    d = json.loads((artifacts / "schema.json").read_text())
+    iris = load_builtin("iris")
+    train_rows = d["metrics"]["train_rows"] + d["metrics"]["valid_rows"]
+    for j, name in enumerate(d["features"]):
+        b = d["feature_stats"][name]["bins"]
+        assert b["edges"] == sorted(b["edges"]) and len(b["counts"]) == len(b["edges"]) + 1
+        assert sum(b["counts"]) == train_rows
+        assert max(b["counts"]) <= 0.3 * train_rows  # decile bins (ties may merge a few)
+        assert b["edges"][0] >= min(float(r[j]) for r in iris.records)
+    p = d["prediction_stats"]
+    assert p["rows"] == train_rows and sum(p["counts"].values()) == train_rows
+    assert list(p["counts"]) == d["classes"] and min(p["counts"].values()) >= 0.2 * train_rows
+    old = {k: v for k, v in d.items() if k != "prediction_stats"}
+    assert Schema.from_dict(old).prediction_stats == {}

@@ -35,6 +35,7 @@ def feature_stats(table: Table, rows: np.ndarray) -> dict[str, dict]:
                     "mean": float(x.mean()),
                     "std": float(x.std()),
                     "missing": missing,
+                    "bins": bins(x),
                 }
             else:
                 stats[name] = {"missing": missing}
@@ -44,6 +45,40 @@ def feature_stats(table: Table, rows: np.ndarray) -> dict[str, dict]:
                 counts[v] = counts.get(v, 0) + 1
             stats[name] = {"counts": dict(sorted(counts.items())), "missing": missing}
     return stats
+
+
+# Interior edges of the baseline bins: the training deciles, so each bin holds about a tenth of
+# the training values (fewer bins where values repeat). A batch's values counted in the same
+# bins give its distribution against training's.
+BIN_QUANTILES = tuple(k / 10 for k in range(1, 10))
+
+
+def bins(x: np.ndarray) -> dict[str, list]:
+    """{"edges": interior edges, "counts": values per bin}: bin k holds edges[k-1] <= v <
+    edges[k] (the first from minus infinity, the last to plus infinity)."""
+    edges = np.unique(np.quantile(x, BIN_QUANTILES))
+    counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def prediction_stats(data: Table, result: FitResult) -> dict:
+    """What the model predicted on its training rows: per class the count, or for regression
+    the predicted values' min, max, mean, std and bins."""
+    pred = result.train_predictions
+    if pred is None or not len(pred):
+        return {}
+    if data.task == "classification":
+        counts = np.bincount(pred.astype(np.int64), minlength=len(data.classes))
+        return {"rows": int(len(pred)), "counts": {c: int(n) for c, n in zip(data.classes, counts)}}
+    x = pred.astype(np.float64)
+    return {
+        "rows": int(len(x)),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "bins": bins(x),
+    }
 
 
 def _tabserve_version() -> str:
@@ -74,6 +109,7 @@ def build_schema(data: Table, config: FitConfig, result: FitResult, weights_sha2
         weights_file=WEIGHTS_FILE,
         weights_sha256=weights_sha256,
         feature_stats=feature_stats(data, result.train_index),
+        prediction_stats=prediction_stats(data, result),
         metrics=result.metrics,
         training={
             "source": data.source,

@@ -41,6 +41,9 @@ class FitResult:
     target_mean: float = 0.0
     target_scale: float = 1.0
     metrics: dict = field(default_factory=dict)
+    # The model's predictions on the training split (validation part included, as
+    # feature_stats): class indices, or values in the target's units.
+    train_predictions: np.ndarray | None = None
 
 
 def standard_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +190,13 @@ def _fit(table: Table, config: FitConfig, on_epoch: EpochCallback | None) -> Fit
     parts = {"train": fit_idx, "test": test_idx}
     with torch.inference_mode():
         out = {k: model(tensor(rows)).numpy() for k, rows in parts.items()}
+    # On the whole training split (validation part included), the rows feature_stats describe.
+    with torch.inference_mode():
+        on_train = model(tensor(train_idx)).numpy()
+    if classification:
+        train_predictions = on_train.argmax(axis=1)
+    else:
+        train_predictions = on_train[:, 0].astype(np.float64) * target_scale + target_mean
     if classification:
         k = len(table.classes)
         for part, rows in parts.items():
@@ -199,7 +209,7 @@ def _fit(table: Table, config: FitConfig, on_epoch: EpochCallback | None) -> Fit
             metrics.update({f"{part}_{m}": v for m, v in regression_metrics(table.y[rows], pred).items()})
     return FitResult(
         model, arch, columns, encoder, mean, scale, train_idx, valid_idx, test_idx,
-        target_mean, target_scale, metrics,
+        target_mean, target_scale, metrics, train_predictions,
     )  # fmt: skip
 
 
