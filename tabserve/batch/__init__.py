@@ -6,6 +6,8 @@
     writers.py     CSV and Parquet out, text and columns produced once by pyarrow
     pipeline.py    order, concurrency, containment (splitting), --max-errors, progress
     checkpoint.py  checkpoints and --resume
+    spark_tasks.py what Spark's executors run for --engine spark (shipped with results.py)
+    spark_daemon.py Spark's Python daemon with torch imported once (local sessions)
 
 tabserve.scorer assembles a job from them.
 """

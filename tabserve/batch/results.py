@@ -7,8 +7,14 @@ then a JSON trailer with the columns and the sparse row errors), so no float is 
 parsed per row on the way; an archive whose handler predates it answers text/csv, read here
 the old way.
 
-Runs where tabserve may not be installed (Spark executors get this file on its own): it
-imports numpy and the standard library only (pyarrow inside the functions that format text).
+Also what the writers and the Spark tasks share: a batch's CSV text for the handler
+(table_lines), a CSV input's records in the output (csv_prefix, csv_columns), the output's text
+(render_lines, render_rows) and typed columns (output_fields, output_arrays), and the loader of
+an archive's handler (load_handler_module).
+
+Runs where tabserve may not be installed (Spark executors get this file beside spark_tasks.py,
+as one package): it imports numpy and the standard library only (pyarrow inside the functions
+that need it).
 """
 
 from __future__ import annotations
