@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import TabserveError
 from .handler.columns import CATEGORICAL
+from .handler.response import output_columns
 
 # The OCI Data Science service conda environment for PyTorch that the artifact names by default:
 # PyTorch 2.1 for GPU on Python 3.9, whose slug and Object Storage path we could cite (README,
@@ -174,38 +175,28 @@ def conda_env(config: ArtifactConfig) -> tuple[str, str, str]:
 def input_schema(schema: dict) -> dict:
     """The features, in the schema format oracle-ads writes (version 1.1)."""
     roles = {c.get("name"): c.get("role") for c in schema.get("columns") or []}
-    fields = []
-    for order, name in enumerate(schema["features"]):
-        categorical = roles.get(name) == CATEGORICAL
-        fields.append(
-            {
-                "name": name,
-                "dtype": "object" if categorical else "float64",
-                "feature_type": "Category" if categorical else "Continuous",
-                "required": True,
-                "order": order,
-                "description": name,
-                "domain": {"values": "", "stats": {}, "constraints": []},
-            }
-        )
-    return {"schema": fields, "version": "1.1"}
+    return _schema_document([(name, roles.get(name) == CATEGORICAL) for name in schema["features"]])
 
 
 def output_schema(schema: dict) -> dict:
     """The answer's columns: label and a probability per class, or the prediction."""
     classes = [] if schema.get("task") == "regression" else list(schema.get("classes") or [])
-    names = ["label", *(f"p_{c}" for c in classes)] if classes else ["prediction"]
+    return _schema_document([(name, name == "label") for name in output_columns(classes)[:-1]])
+
+
+def _schema_document(columns: list[tuple[str, bool]]) -> dict:
+    """(name, is it a category) per column, as oracle-ads' schema document."""
     fields = [
         {
-            "name": n,
-            "dtype": "object" if n == "label" else "float64",
-            "feature_type": "Category" if n == "label" else "Continuous",
+            "name": name,
+            "dtype": "object" if categorical else "float64",
+            "feature_type": "Category" if categorical else "Continuous",
             "required": True,
             "order": order,
-            "description": n,
+            "description": name,
             "domain": {"values": "", "stats": {}, "constraints": []},
         }
-        for order, n in enumerate(names)
+        for order, (name, categorical) in enumerate(columns)
     ]
     return {"schema": fields, "version": "1.1"}
 

@@ -61,24 +61,12 @@ def predict(data, model=None):
             message = text
         raise ValueError(f"HTTP {answer.status}: {message}")
     result = json.loads(text)
-    unseen = _unseen(answer.headers)
+    unseen = answer.unseen  # the handler's own reading of its X-Tabserve-Unseen header
     if _settings().get("answer") == "tutorial":
         result = _tutorial(result)
     if unseen:  # TorchServe sends it as a header (X-Tabserve-Unseen); an artifact has none
         result["unseen"] = unseen
     return result
-
-
-def _unseen(headers):
-    """{column: count} of the categories training never saw, from the handler's header."""
-    for key, value in headers.items():
-        if key.lower() == "x-tabserve-unseen":
-            try:
-                counts = json.loads(value)
-            except ValueError:
-                return {}
-            return counts if isinstance(counts, dict) else {}
-    return {}
 
 
 def _body(data):

@@ -231,11 +231,8 @@ def unique_names(names: list[str]) -> list[str]:
     """Column names for Spark, which refuses a name twice: a name seen before gets its
     position appended, as Spark's CSV reader names them (only Spark sees these names; the
     handler gets the header line itself)."""
-    out = []
-    for i, n in enumerate(names):
-        lower = [m.lower() for m in names]
-        out.append(n if lower.count(n.lower()) == 1 else f"{n}{i}")
-    return out
+    lower = [m.lower() for m in names]
+    return [n if lower.count(n.lower()) == 1 else f"{n}{i}" for i, n in enumerate(names)]
 
 
 class Frame(NamedTuple):
