@@ -93,6 +93,14 @@ def main() -> None:
         help=f"run only these jobs ({', '.join(JOBS)}); the in-process limit always runs",
     )
     ap.add_argument("--sweep-rows", type=int, default=0, help="rows/s against --chunk-rows (--url) on N rows")
+    ap.add_argument(
+        "--report-cost",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also score the --rows CSV N times with and without the drift report (--no-report), "
+        "alternating, with --engine local and --url",
+    )
     args = ap.parse_args()
     jobs = {name: job for name, job in JOBS.items() if name in (args.only or JOBS)}
     sizes = [args.rows] + ([args.big_rows] if args.big_rows and any(big for *_, big in jobs.values()) else [])
@@ -114,6 +122,7 @@ def main() -> None:
 
     server: TorchServe | None = None
     sweep: list[tuple[int, float]] = []
+    cost: list[list[str]] = []
     try:
         for engine, fmt, big in jobs.values():
             if engine == "url" and server is None:
@@ -124,6 +133,9 @@ def main() -> None:
                     options += ["--engine", "local"]
                 results.append(score(engine, fmt, files[rows, fmt], rows, options))
                 show(results[-1], base)
+        if args.report_cost:
+            server = server or running_server(store)
+            cost = report_cost(files[args.rows, "csv"], args.rows, store, server, args.report_cost)
         if args.sweep_rows:
             server = server or running_server(store)
             sweep = chunk_sweep(
@@ -159,6 +171,11 @@ def main() -> None:
     md += "\n" + markdown_table(
         ["target", "measured", "met?"], targets(results, base, args.rows, args.big_rows)
     )
+    if cost:
+        md += "\n" + markdown_table(
+            ["engine", f"rows/s with the report ({args.rows:,} rows)", "rows/s with --no-report", "ratio"],
+            cost,
+        )
     if sweep:
         md += "\n" + markdown_table(
             ["--chunk-rows", f"rows/s (--url, {args.sweep_rows:,} rows)"],
@@ -201,6 +218,37 @@ def score(engine: str, fmt: str, path: Path, rows: int, options: list[str]) -> R
         run.peak_rss_mb,
         float(start.group(1)) if start else None,
     )
+
+
+def report_cost(csv: Path, rows: int, store: Path, server: TorchServe, reps: int) -> list[list[str]]:
+    """The drift report's cost: the same job with and without it, alternating, `reps` times
+    each, per engine (the median rows/s of each). Checks that the report counted every row."""
+    from statistics import median
+
+    table = []
+    for engine, options in (
+        ("local", ["--model-store", str(store), "--engine", "local"]),
+        ("url", url_options(server)),
+    ):
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(reps):
+            for report in (True, False):
+                out = OUT / "scored.csv"
+                report_json = Path(str(out) + ".report.json")
+                report_json.unlink(missing_ok=True)
+                r = score(engine, "csv", csv, rows, options + ([] if report else ["--no-report"]))
+                if report:
+                    counted = json.loads(report_json.read_text())["job"]["profiled_rows"]
+                    if counted != rows:
+                        sys.exit(f"the report counted {counted:,} of {rows:,} rows ({engine})")
+                elif report_json.exists():
+                    sys.exit("--no-report wrote a report")
+                rates[report].append(r.rate)
+                which = "with" if report else "without"
+                print(f"  report cost: {engine} {which} the report: {r.rate:,.0f} rows/s")
+        with_, without = median(rates[True]), median(rates[False])
+        table.append([SHORT_LABELS[engine], f"{with_:,.0f}", f"{without:,.0f}", f"{with_ / without:.3f}"])
+    return table
 
 
 def check_rows(out: Path, rows: int, stdout: str) -> None:

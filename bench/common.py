@@ -19,14 +19,26 @@ FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 
 
 def ensure_model(store: Path = ROOT / "model_store", artifacts: Path = ROOT / "artifacts" / "iris") -> Path:
-    """The Iris model archive, trained and archived with the defaults if missing."""
-    if not (store / "iris.mar").exists():
+    """The Iris model archive, trained and archived with the defaults if missing or made by
+    a tabserve without the drift report (no handler profile, no training bins)."""
+    if not (store / "iris.mar").exists() or not _has_baseline(store / "iris.mar"):
         tabserve = [sys.executable, "-m", "tabserve"]
         subprocess.run([*tabserve, "train", "--out", str(artifacts)], check=True)
         subprocess.run(
             [*tabserve, "archive", "--artifacts", str(artifacts), "--model-store", str(store)], check=True
         )
     return store
+
+
+def _has_baseline(mar: Path) -> bool:
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        schema = json.loads(z.read("schema.json"))
+    stats = schema.get("feature_stats", {})
+    return "tabserve_handler/profile.py" in names and all("bins" in s for s in stats.values())
 
 
 def iris_like_csv(path: Path, rows: int, seed: int = 0) -> Path:

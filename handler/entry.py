@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 
 from .columns import Encoder
 from .predictor import Predictor, pick_device
+from .profile import PROFILE_HEADER, Profiler
 from .response import BATCH_TYPE, UNSEEN_HEADER, error_body, to_batch, to_csv, to_json
 from .rows import (
     CSV_HEADER_HEADER,
@@ -87,6 +89,7 @@ class _Request:
     first_row: int
     answer: str  # "json", "csv" or "batch" (BATCH_TYPE), from the Accept header
     chunk: bool = False  # a batch job's chunk (it numbers its rows): never pooled
+    profile: str = ""  # PROFILE_HEADER: "rows" or "baseline" (a batch answer's trailer)
 
 
 class TabularHandler:
@@ -95,6 +98,7 @@ class TabularHandler:
 
     def __init__(self) -> None:
         self.predictor: Predictor | None = None
+        self.profiler: Profiler | None = None
         self.model_info: dict[str, str] = {}
         self.limits = Limits()
         self.metrics_interval = 1.0
@@ -114,6 +118,10 @@ class TabularHandler:
             csv.field_size_limit(self.limits.max_field_bytes)
         device = pick_device(props.get("gpu_id"))
         self.predictor = Predictor(Path(props.get("model_dir") or os.getcwd()), device)
+        try:
+            self.profiler = Profiler(self.predictor.schema)
+        except Exception:  # descriptive statistics must never stop a model from serving
+            log.warning("cannot read the training statistics: no drift counts", exc_info=True)
         manifest = getattr(context, "manifest", None) or {}
         self.model_info = {
             "name": str(getattr(context, "model_name", None) or self.predictor.schema.name),
@@ -139,7 +147,11 @@ class TabularHandler:
         for name, value in self._pending.items():
             if value:
                 try:
-                    metrics.add_counter(name, value)
+                    if "\t" in name:  # a feature's counter: the feature is a dimension
+                        counter, feature = name.split("\t", 1)
+                        metrics.add_counter(counter, value, None, [_dimension("Feature", feature)])
+                    else:
+                        metrics.add_counter(name, value)
                 except Exception:  # metrics must never fail a prediction
                     log.debug("could not record metric %s", name, exc_info=True)
         self._pending.clear()
@@ -165,7 +177,8 @@ class TabularHandler:
         rows = _decode(_body(request, ctype), ctype, self.predictor.encoder, first_row, self.limits, forced)
         answer = _answer_kind(headers.get("accept", ""))
         chunk = FIRST_ROW_HEADER.lower() in headers
-        return _Request(idx, rows, first_row, answer, chunk)
+        profile = (headers.get(PROFILE_HEADER.lower()) or "").strip().lower()
+        return _Request(idx, rows, first_row, answer, chunk, profile if answer == "batch" else "")
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str | bytes]:
         assert self.predictor is not None, "handler used before initialize()"
@@ -191,6 +204,7 @@ class TabularHandler:
 
         results = self._pooled([d for d in decoded if len(d.rows) < POOL_MAX_ROWS and not d.chunk])
         predicted_rows = rejected_rows = 0
+        drift: dict[str, int] = {}
         for d in decoded:
             try:
                 probs, errors = results.get(d.idx) or self.predictor.predict_rows(d.rows, d.first_row)
@@ -198,6 +212,8 @@ class TabularHandler:
                 answers[d.idx] = self._encode(context, d, probs, errors)
                 predicted_rows += len(errors) - failed
                 rejected_rows += failed
+                if not d.chunk:
+                    self._drift(drift, d.rows, errors)
             except Exception as exc:  # the boundary for the model pass and the encoding
                 rejected_requests += 1
                 log.error("prediction failed for request %d of the batch", d.idx, exc_info=True)
@@ -208,8 +224,26 @@ class TabularHandler:
             RowsPredicted=predicted_rows,
             RowsRejected=rejected_rows,
             RequestsRejected=rejected_requests,
+            **drift,
         )
         return answers  # type: ignore[return-value]  (every slot was filled)
+
+    def _drift(self, drift: dict[str, int], rows: Rows, errors: list[str | None]) -> None:
+        """Add an online request's missing values, values out of the training range and
+        unseen categories, per feature, to `drift` (counter keys: DRIFT_COUNTERS, then a tab,
+        then the feature). Batch jobs count theirs in their own report, not here."""
+        if self.profiler is None:
+            return
+        try:
+            counts = self.profiler.counts(rows.values, errors, rows.missing, rows.new)
+        except Exception:  # a count must never fail a prediction
+            log.debug("could not count drift", exc_info=True)
+            return
+        for feature, values in counts.items():
+            for name, n in zip(DRIFT_COUNTERS, values):
+                if n:
+                    key = f"{name}\t{feature}"
+                    drift[key] = drift.get(key, 0) + n
 
     def _pooled(self, small: list[_Request]) -> dict[int, tuple[np.ndarray, list[str | None]]]:
         """One model pass for the small requests of a batch (online traffic). A request of
@@ -238,7 +272,20 @@ class TabularHandler:
         classes = self.predictor.classes
         body: str | bytes
         if d.answer == "batch":
-            body, ctype = to_batch(probs, errors, classes), BATCH_TYPE
+            extra = None
+            if d.profile in ("rows", "baseline") and self.profiler is not None:
+                try:
+                    extra = {
+                        "profile": self.profiler.profile(
+                            d.rows.values, errors, probs, d.rows.missing, d.rows.new
+                        )
+                    }
+                    if d.profile == "baseline":
+                        extra["baseline"] = self.profiler.baseline()
+                except Exception:  # a report's counts never fail a prediction: the answer has none
+                    log.warning("could not profile a batch", exc_info=True)
+                    extra = None
+            body, ctype = to_batch(probs, errors, classes, extra), BATCH_TYPE
         elif d.answer == "csv":
             body, ctype = to_csv(probs, errors, classes), "text/csv; charset=utf-8"
         else:
@@ -261,6 +308,20 @@ class TabularHandler:
 
 
 _JSON = "application/json"
+# Online counters per feature (Prometheus, on TorchServe's metrics port, with a Feature
+# dimension): in the words of a batch job's drift report.
+DRIFT_COUNTERS = ("FeatureMissing", "FeatureOutOfRange", "FeatureUnseen")
+
+
+def _dimension(name: str, value: str) -> Any:
+    """A TorchServe metric dimension (ts is there whenever TorchServe calls the handler). The
+    value goes into a log line that TorchServe's frontend parses: characters other than
+    letters, digits, `_`, `-` and `.` become `_`."""
+    from ts.metrics.dimension import Dimension
+
+    return Dimension(name, re.sub(r"[^A-Za-z0-9_.-]", "_", value)[:100])
+
+
 _PHRASES = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server Error"}
 
 

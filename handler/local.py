@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .entry import TabularHandler
+from .profile import PROFILE_HEADER
 from .response import UNSEEN_HEADER, unseen_counts
 from .rows import CSV_HEADER_HEADER, FIRST_ROW_HEADER
 
@@ -89,12 +90,18 @@ class LocalModel:
         self.handler.initialize(LocalContext(*self._args, gpu_id=gpu_id))
 
     def respond(
-        self, body: str | bytes, first_row: int = 1, header: bool = True, accept: str = "text/csv"
+        self,
+        body: str | bytes,
+        first_row: int = 1,
+        header: bool = True,
+        accept: str = "text/csv",
+        profile: str = "",
     ) -> LocalAnswer:
         """The answer to one text/csv request, sent as the batch engines send it: `header`
         says the body's first line is the input's header (CSV_HEADER_HEADER), `first_row`
         numbers its first data row, `accept` asks for text/csv or the batch answer
-        (response.BATCH_TYPE)."""
+        (response.BATCH_TYPE), `profile` ("rows" or "baseline") for the drift counts in the
+        batch answer's trailer (profile.PROFILE_HEADER)."""
         ctx = LocalContext(*self._args)
         headers = {
             "Content-Type": "text/csv; charset=utf-8",
@@ -103,6 +110,8 @@ class LocalModel:
         }
         if header:
             headers[CSV_HEADER_HEADER] = "present"
+        if profile:
+            headers[PROFILE_HEADER] = profile
         ctx.request_processor = [_Request(headers)]
         answer = self.handler.handle([{"body": body}], ctx)[0]
         request = ctx.request_processor[0]

@@ -97,8 +97,14 @@ def to_csv(
     return "\n".join(lines) + "\n"
 
 
-def to_batch(probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[str]) -> bytes:
-    """The batch answer (BATCH_TYPE): see its description above."""
+def to_batch(
+    probs: np.ndarray,
+    errors: Sequence[str | None],
+    classes: Sequence[str],
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    """The batch answer (BATCH_TYPE): see its description above. `extra` adds keys to the
+    trailer (the profile and baseline of handler/profile.py, when the request asks)."""
     import io
 
     values = np.array(probs, dtype=np.float64).reshape(len(errors), len(classes) or 1)
@@ -107,7 +113,11 @@ def to_batch(probs: np.ndarray, errors: Sequence[str | None], classes: Sequence[
         values[failed] = np.nan
     out = io.BytesIO()
     np.lib.format.write_array(out, values, allow_pickle=False)
-    trailer = {"columns": output_columns(classes), "errors": [[i, errors[i]] for i in failed]}
+    trailer = {
+        "columns": output_columns(classes),
+        "errors": [[i, errors[i]] for i in failed],
+        **(extra or {}),
+    }
     out.write(json.dumps(trailer, separators=(",", ":")).encode("utf-8"))
     return out.getvalue()
 

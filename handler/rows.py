@@ -94,6 +94,11 @@ class Rows:
     # Per categorical column, how many values were categories not seen in training (they are
     # predicted with the OTHER input); batch jobs report these.
     unseen: dict[str, int] = field(default_factory=dict)
+    # (n, features) masks of the values that were missing and of the categories never seen in
+    # training; None when there is none (the common case costs nothing). handler/profile.py
+    # counts them for drift reports and the online counters.
+    missing: np.ndarray | None = None
+    new: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -248,6 +253,8 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
     values = np.zeros((len(rows), enc.width), dtype=np.float64)
     errors: list[str | None] = [None] * len(rows)
     unseen = [0] * n
+    gaps_at: list[tuple[int, int]] = []
+    new_at: list[tuple[int, int]] = []
     absent = object()
     what = "numbers" if enc.plain and not enc.impute else "values"
     for i, row in enumerate(rows):
@@ -278,6 +285,7 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
             if v is absent or enc.json_missing(j, v):
                 problem, is_new = enc.put_missing(values, i, j), False
                 gaps += 1
+                gaps_at.append((i, j))
             else:
                 problem, is_new = enc.put_json(values, i, j, v)
             if problem:
@@ -295,7 +303,10 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
             continue
         for j in new:
             unseen[j] += 1
-    return Rows(values, errors, _unseen(features, unseen))
+            new_at.append((i, j))
+    return Rows(
+        values, errors, _unseen(features, unseen), _mask(len(rows), n, gaps_at), _mask(len(rows), n, new_at)
+    )
 
 
 ALL_MISSING = "every value is missing: nothing to predict from"
@@ -304,6 +315,27 @@ ALL_MISSING = "every value is missing: nothing to predict from"
 def _names(features: Sequence[str], shown: int = 5) -> str:
     more = f", ... ({len(features)} in all)" if len(features) > shown else ""
     return ", ".join(features[:shown]) + more
+
+
+def _mask(n: int, width: int, cells: Sequence[tuple[int, int]]) -> np.ndarray | None:
+    """An (n, width) boolean mask true at `cells` (row, column); None when there are none."""
+    if not cells:
+        return None
+    mask = np.zeros((n, width), dtype=bool)
+    at = np.asarray(cells, dtype=np.int64)
+    mask[at[:, 0], at[:, 1]] = True
+    return mask
+
+
+def _columns_mask(n: int, found: Sequence[Sequence[int] | None]) -> np.ndarray | None:
+    """An (n, len(found)) boolean mask: column j true at the rows found[j]; None when empty."""
+    if not any(found):
+        return None
+    mask = np.zeros((n, len(found)), dtype=bool)
+    for j, rows in enumerate(found):
+        if rows:
+            mask[np.asarray(rows, dtype=np.int64), j] = True
+    return mask
 
 
 def _unseen(features: Sequence[str], counts: Sequence[int]) -> dict[str, int]:
@@ -578,4 +610,6 @@ def from_records(
     failed = [i for i in good if errors[i] is not None]
     if failed:
         values[failed] = 0.0
-    return Rows(values, errors, _unseen(features, counts))
+    return Rows(
+        values, errors, _unseen(features, counts), _columns_mask(n, missing), _columns_mask(n, unseen)
+    )

@@ -330,6 +330,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         max_record_bytes=args.max_record_bytes,
         input_format=args.input_format,
         output_format=args.format,
+        report=not args.no_report,
+        fail_on_drift=args.fail_on_drift,
     )
     # SIGTERM (a container stop, a job runner's timeout) ends the job like Ctrl-C: the
     # embedded server is stopped and the partial output kept for --resume. Once every row is
@@ -346,13 +348,30 @@ def cmd_score(args: argparse.Namespace) -> int:
         previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = score(config, on_commit=committed.set)
-        print(result.summary(), file=sys.stderr if config.output == "-" else sys.stdout)
+        out = sys.stderr if config.output == "-" else sys.stdout
+        print(result.summary(), file=out)
+        for line in result.report_lines():
+            print(line, file=out)
         if result.errors:
             print(f"{result.errors:,} rows have errors: see the error column", file=sys.stderr)
         return result.exit_code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .batch import report
+    from .errors import ConfigError
+
+    try:
+        data = report.load(args.path)
+    except report.ReportError as exc:
+        raise ConfigError(str(exc)) from exc
+    print(report.summary(data))
+    for line in report.drift_lines(data):
+        print(line)
+    return report.DRIFT_EXIT if args.fail_on_drift and report.drifted(data) else 0
 
 
 def _score_usage_error(message: str) -> NoReturn:
@@ -720,7 +739,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("CONFIG", str(_default_config())),
         help="base TorchServe config.properties for the embedded server",
     )
+    sc.add_argument(
+        "--no-report",
+        action="store_true",
+        default=env_flag("NO_REPORT"),
+        help="write no drift report (OUTPUT.report.json and .html) and count nothing for it "
+        "(TABSERVE_NO_REPORT)",
+    )
+    sc.add_argument(
+        "--fail-on-drift",
+        action="store_true",
+        default=env_flag("FAIL_ON_DRIFT"),
+        help="exit with code 3 when a feature or the predictions drifted from the training data, "
+        "even when no row failed (TABSERVE_FAIL_ON_DRIFT)",
+    )
     sc.set_defaults(func=cmd_score)
+
+    rp = sub.add_parser(
+        "report", help="print a batch job's drift report again (OUTPUT.report.json)", **helpful
+    )
+    rp.add_argument("path", help="OUTPUT.report.json, written beside a batch job's output")
+    rp.add_argument("--fail-on-drift", action="store_true", help="exit with code 3 when the report has drift")
+    rp.set_defaults(func=cmd_report)
 
     hc = sub.add_parser("health", help="exit 0 when the local TorchServe answers /ping as Healthy", **helpful)
     hc.add_argument(

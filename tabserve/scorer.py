@@ -57,6 +57,9 @@ class ScoreConfig:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     input_format: str | None = None  # None: from the input's extension (.parquet), else CSV
     output_format: str | None = None  # None: from the output's extension (.parquet), else CSV
+    # The drift report (tabserve/batch/report.py): OUTPUT.report.json and .html beside the output.
+    report: bool = True
+    fail_on_drift: bool = False  # exit with report.DRIFT_EXIT when a feature drifted
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
@@ -76,6 +79,8 @@ class ScoreConfig:
             raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
         if self.max_errors is not None and self.max_errors < 1:
             raise ConfigError(f"--max-errors must be at least 1, got {self.max_errors}")
+        if self.fail_on_drift and not self.report:
+            raise ConfigError("--fail-on-drift needs the drift report: leave out --no-report")
         if self.resume and "-" in (self.input, self.output):
             raise ConfigError("--resume needs a file for both input and output, not - (stdin/stdout)")
         if self.token and self.token_file:
@@ -108,10 +113,28 @@ class ScoreResult:
     # model's OTHER input), as the handler reported them for the answers written.
     unseen: dict[str, int] = field(default_factory=dict)
     server_start: float | None = None  # seconds to start the embedded TorchServe
+    report: dict | None = None  # the drift report (tabserve/batch/report.py), None with --no-report
+    report_paths: tuple[str, str] | None = None  # where it was written (None: stdout jobs)
+    fail_on_drift: bool = False
 
     @property
     def exit_code(self) -> int:
+        from .batch.report import DRIFT_EXIT, drifted
+
+        if self.fail_on_drift and self.report is not None and drifted(self.report):
+            return DRIFT_EXIT
         return 0 if self.errors == 0 else 2
+
+    def report_lines(self) -> list[str]:
+        """The lines after the summary: one per feature that drifted, and where the report is."""
+        from .batch.report import drift_lines
+
+        if self.report is None:
+            return []
+        lines = drift_lines(self.report)
+        if self.report_paths:
+            lines.append(f"report: {self.report_paths[0]} and {self.report_paths[1]}")
+        return lines
 
     def summary(self) -> str:
         rate = (self.rows - self.resumed_rows) / self.seconds if self.seconds > 0 else 0.0
@@ -153,7 +176,13 @@ def check_paths(config: ScoreConfig) -> None:
         raise ConfigError(
             f"output {config.output} is the input {config.input}: write the scores to another file"
         )
-    for side in (f"{out}.part", f"{out}.part.json", f"{out}.lock"):
+    for side in (
+        f"{out}.part",
+        f"{out}.part.json",
+        f"{out}.lock",
+        f"{out}.report.json",
+        f"{out}.report.html",
+    ):
         if os.path.exists(side) and os.path.samefile(config.input, side):
             raise ConfigError(
                 f"{side}, which tabserve score writes beside the output, is the input "
@@ -195,6 +224,8 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
     stack.callback(reader.close)
     if engine is None:
         engine = ENGINES[config.engine].open(config, stack)
+    if hasattr(engine, "profile"):  # ask the handler for the drift report's counts, or not
+        engine.profile = config.report
     columns = engine.probe(reader.header)
     clash = output_clash(reader.columns, columns)
     if clash:
@@ -203,7 +234,18 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
     totals = Totals()
     if checkpoint is not None:
         checkpoint.check(fingerprint, formats, config.output, config.chunk_rows)
-        totals = Totals(checkpoint.rows, checkpoint.errors, checkpoint.blank_lines, dict(checkpoint.unseen))
+        totals = Totals(
+            checkpoint.rows,
+            checkpoint.errors,
+            checkpoint.blank_lines,
+            dict(checkpoint.unseen),
+            checkpoint.profile,
+            checkpoint.unprofiled,
+            dict(checkpoint.error_kinds),
+        )
+    baseline = getattr(engine, "baseline", None) if config.report else None
+    if config.report:
+        start_report(totals, baseline, checkpoint is not None)
     writer = WRITERS[formats[1]](config.output)
     resumable = "-" not in (config.input, config.output)
     checkpoints = Checkpointer(config.output, fingerprint, formats, writer, resumable, config.chunk_rows)
@@ -211,14 +253,28 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
         checkpoints.resume_from(checkpoint)
     bar = _progress(config, reader)
     done = False
+    report: dict | None = None
+    report_paths: tuple[str, str] | None = None
     try:
         resume = None if checkpoint is None else checkpoint.writer
         writer.start(reader.columns, reader.header, columns, resume, getattr(reader, "schema", None))
+        features = tuple(baseline["features"]) if baseline else ()
         options = pipeline.Options(
-            config.workers, config.max_errors, config.max_record_bytes, checkpoints, bar
+            config.workers,
+            config.max_errors,
+            config.max_record_bytes,
+            checkpoints,
+            bar,
+            config.report,
+            features,
         )
         batches = reader.batches(None if checkpoint is None else checkpoint.reader)
         pipeline.run(batches, engine, writer, columns, totals, options)
+        if config.report:
+            report = build_report(config, baseline, totals)
+            if config.output != "-":
+                # Before the output is renamed into place: a finished output has its report.
+                report_paths = write_report(report, config.output)
         if on_commit is not None:
             on_commit()
         writer.commit()
@@ -254,7 +310,48 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
         resumed,
         totals.unseen,
         getattr(engine, "started_in", None),
+        report,
+        report_paths,
+        config.fail_on_drift,
     )
+
+
+def start_report(totals: Totals, baseline: dict | None, resumed: bool) -> None:
+    """The report's counts start from nothing in the baseline's layout, or go on from a
+    resumed job's (rows scored before without counts, by a job run with --no-report say, are
+    `unprofiled`)."""
+    from .batch.results import empty_profile
+
+    if baseline is None:
+        totals.profile = None
+        return
+    if totals.profile is None:
+        totals.profile = empty_profile(baseline)
+        if resumed:
+            totals.unprofiled += totals.rows - totals.errors
+
+
+def build_report(config: ScoreConfig, baseline: dict | None, totals: Totals) -> dict:
+    from .batch import report
+
+    job = {
+        "input": config.input,
+        "output": config.output,
+        "engine": config.engine,
+        "finished": report.stamp(),
+    }
+    return report.build(baseline, totals, job)
+
+
+def write_report(report: dict, output: str) -> tuple[str, str]:
+    from .batch import report as R
+
+    try:
+        return R.write(report, output)
+    except OSError as exc:
+        from .errors import OutputError
+
+        raise OutputError(f"cannot write the drift report beside {output}: {exc.strerror or exc}") from exc
 
 
 def _progress(config: ScoreConfig, reader):

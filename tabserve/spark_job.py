@@ -1,12 +1,12 @@
 """Batch scoring on Spark: the archive's own handler on the executors, fed by Spark's readers.
 
 Run by `tabserve score ... --engine spark`, or submitted directly (the driver needs no tabserve
-installation, only this file with batch/results.py and batch/spark_tasks.py beside it, as in a
-tabserve source tree, pyspark and the .mar):
+installation, only this file with batch/results.py, spark_tasks.py, report.py and
+report_html.py beside it, as in a tabserve source tree, pyspark and the .mar):
 
     spark-submit --master local[*] tabserve/spark_job.py --archive model_store/iris.mar \\
         INPUT OUTPUT [--partitions N] [--chunk-rows 5000] [--input-format csv|parquet] \\
-        [--format csv|parquet] [--multiline]
+        [--format csv|parquet] [--multiline] [--no-report] [--fail-on-drift]
 
 INPUT is any path Spark reads (local, oci://bucket@namespace/path, s3a://, hdfs://): a CSV or
 Parquet file, or a folder of them with one header (one schema). CSV is read by Spark's CSV
@@ -28,9 +28,11 @@ Error messages carry each row's number in the whole input. With more than one pa
 takes a count pass first (a Spark job that parses the input and counts each partition's rows in
 the JVM, no Python); each task checks its count against it.
 
-The driver ships batch/results.py and batch/spark_tasks.py to the executors as one package
-(addPyFile), so they need no tabserve installation either. The executors' Python needs torch,
-numpy and pyarrow (pyspark's Arrow support needs pyarrow anyway).
+The driver ships batch/results.py, spark_tasks.py, report.py and report_html.py to the
+executors as one package (addPyFile), so they need no tabserve installation either. The drift
+report (batch/report.py): the executors' handler counts each batch into Spark accumulators,
+and the driver writes OUTPUT.report.json and OUTPUT.report.html beside OUTPUT after the job.
+The executors' Python needs torch, numpy and pyarrow (pyspark's Arrow support needs pyarrow anyway).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from pyspark.accumulators import AccumulatorParam
 # The package under which the driver ships batch/results.py and batch/spark_tasks.py to the
 # executors: a top-level name that no other package is likely to use.
 EXECUTOR_PACKAGE = "tabserve_spark_executor"
-EXECUTOR_FILES = ("results.py", "spark_tasks.py")
+EXECUTOR_FILES = ("results.py", "spark_tasks.py", "report.py", "report_html.py")
 # Spark's CSV reader puts a malformed record's text in this column (columnNameOfCorruptRecord).
 RAW_COLUMN = "_tabserve_malformed_record"
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -66,11 +68,14 @@ class SparkJobError(Exception):
 
 
 class SparkResult(NamedTuple):
-    """What the job scored: rows, failed rows, and {column: count} of unseen categories."""
+    """What the job scored: rows, failed rows, {column: count} of unseen categories, and the
+    drift report with where it was written (None without one)."""
 
     rows: int
     errors: int
     unseen: dict[str, int]
+    report: dict[str, Any] | None = None
+    report_paths: tuple[str, str] | None = None
 
 
 class CountsParam(AccumulatorParam):
@@ -103,7 +108,7 @@ def executor_sources() -> dict[str, Path]:
 
 
 def ship_executor_code(sc: Any) -> Any:
-    """Send results.py and spark_tasks.py to the executors as the package EXECUTOR_PACKAGE (a
+    """Send EXECUTOR_FILES to the executors as the package EXECUTOR_PACKAGE (a
     zip in a private temporary folder, kept until this process ends: the executors fetch it
     when their tasks start, and Spark refuses a second file of one name from another path, so
     each application gets one), and return its spark_tasks as the driver imports it: its
@@ -433,8 +438,10 @@ def run(
     input_format: str | None = None,
     output_format: str | None = None,
     multiline: bool = False,
+    report: bool = True,
 ) -> SparkResult:
-    """Score INPUT into the OUTPUT folder with the archive's handler on the executors."""
+    """Score INPUT into the OUTPUT folder with the archive's handler on the executors, and
+    (`report`) write the drift report beside it: OUTPUT.report.json and OUTPUT.report.html."""
     mar = Path(mar)
     features, out_columns = archive_schema(mar)
     fmt = output_format or ("parquet" if output.rstrip("/").lower().endswith(PARQUET_SUFFIXES) else "csv")
@@ -451,7 +458,7 @@ def run(
             max(input_size(spark, source) // partitions + 1, 1 << 10)
         )
     with session_settings(spark, settings):
-        return _run(spark, mar, source, output, fmt, features, out_columns, multiline, chunk_rows)
+        return _run(spark, mar, source, output, fmt, features, out_columns, multiline, chunk_rows, report)
 
 
 def input_size(spark: Any, source: Input) -> int:
@@ -474,6 +481,7 @@ def _run(
     out_columns: list[str],
     multiline: bool,
     chunk_rows: int,
+    report: bool = True,
 ) -> SparkResult:
     from functools import partial
 
@@ -490,7 +498,13 @@ def _run(
         sc.addFile(str(mar))
     tasks = ship_executor_code(sc)
     counts, offsets = row_offsets(frame)
-    counters = (sc.accumulator(0), sc.accumulator(0), sc.accumulator({}, CountsParam()))
+    baseline = archive_baseline(mar) if report else None
+    counters = (
+        sc.accumulator(0),
+        sc.accumulator(0),
+        sc.accumulator({}, CountsParam()),
+        sc.accumulator(tasks.ReportParam().zero(None), tasks.ReportParam()),
+    )
     task = tasks.Task(
         mar_name=mar.name,
         source=frame.source,
@@ -506,6 +520,8 @@ def _run(
         counters=counters,
         output_header=frame.header + b"," + ",".join(map(_quote, out_columns)).encode("utf-8"),
         chunk_rows=chunk_rows,
+        profile=baseline is not None,
+        features=tuple(features),
     )
     if fmt == "csv":
         schema = StructType([StructField("value", BinaryType())])
@@ -526,8 +542,93 @@ def _run(
         scored.select(col("value").cast("string")).write.text(output)
     else:
         scored.write.parquet(output)
-    rows, errors, unseen = counters
-    return SparkResult(rows.value, errors.value, dict(unseen.value))
+    rows, errors, unseen, counts = counters
+    if not report:
+        return SparkResult(rows.value, errors.value, dict(unseen.value))
+    done = write_report(spark, source, output, baseline, rows.value, errors.value, counts.value)
+    return SparkResult(rows.value, errors.value, dict(unseen.value), *done)
+
+
+def archive_baseline(mar: Path) -> dict[str, Any] | None:
+    """The drift report's baseline, from the archive's own handler (handler/profile.py, which
+    needs numpy only); None for an archive made before the report."""
+    into = Path(tempfile.mkdtemp(prefix="tabserve-spark-baseline-"))
+    try:
+        from tabserve_spark_executor import results  # shipped by ship_executor_code
+
+        profile = results.load_handler_module(mar, into, "profile")
+        return profile.Profiler(profile.Schema.load(into)).baseline()
+    except (ImportError, OSError, KeyError, ValueError):
+        return None
+    finally:
+        shutil.rmtree(into, ignore_errors=True)
+
+
+def write_report(
+    spark: Any,
+    source: Input,
+    output: str,
+    baseline: dict[str, Any] | None,
+    rows: int,
+    errors: int,
+    counts: Any,
+) -> tuple[dict[str, Any], tuple[str, str]]:
+    """Build the job's drift report from the executors' counts and write it beside OUTPUT (a
+    local path directly, any other through Hadoop's file system), once the output is
+    committed."""
+    from types import SimpleNamespace
+
+    R = importlib.import_module(f"{EXECUTOR_PACKAGE}.results")
+    report_mod = importlib.import_module(f"{EXECUTOR_PACKAGE}.report")
+    counts = counts or {"profile": None, "unprofiled": 0, "error_kinds": {}}
+    profile, unprofiled = None, counts["unprofiled"]
+    if baseline is not None:
+        profile = R.empty_profile(baseline)
+        if counts["profile"] is not None:
+            try:
+                profile = R.merge_profile(profile, counts["profile"])
+            except ValueError:
+                unprofiled += counts["profile"].get("rows", 0) if isinstance(counts["profile"], dict) else 0
+    totals = SimpleNamespace(
+        rows=rows,
+        errors=errors,
+        blank_lines=0,
+        profile=profile,
+        unprofiled=unprofiled,
+        error_kinds=counts["error_kinds"],
+    )
+    inputs = source.files[0] if len(source.files) == 1 else f"{len(source.files)} files"
+    job = {"input": inputs, "output": output, "engine": "spark", "finished": report_mod.stamp()}
+    report = report_mod.build(baseline, totals, job)
+    return report, _write_beside(spark, report_mod, report, output)
+
+
+def _write_beside(spark: Any, report_mod: Any, report: dict[str, Any], output: str) -> tuple[str, str]:
+    """OUTPUT.report.json and .html: a local OUTPUT's with report.write (renamed into place);
+    another file system's through Hadoop's (written beside the name, then renamed)."""
+    scheme = output.split("://", 1)[0] if "://" in output else ""
+    if scheme in ("", "file"):
+        return report_mod.write(report, output.removeprefix("file://"))
+    sc = spark.sparkContext
+    jvm = sc._jvm
+    json_path, html_path = report_mod.paths(output)
+    texts = {
+        json_path: report_mod.to_json(report),
+        html_path: importlib.import_module(f"{EXECUTOR_PACKAGE}.report_html").render(report),
+    }
+    for path, text in texts.items():
+        final = jvm.org.apache.hadoop.fs.Path(path)
+        tmp = jvm.org.apache.hadoop.fs.Path(path + ".tmp")
+        fs = final.getFileSystem(sc._jsc.hadoopConfiguration())
+        stream = fs.create(tmp, True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        fs.delete(final, False)
+        if not fs.rename(tmp, final):
+            raise SparkJobError(f"cannot write {path}")
+    return json_path, html_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -542,6 +643,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--format", choices=["csv", "parquet"], default=None, help="OUTPUT's; default: by name")
     ap.add_argument("--multiline", action="store_true", help="CSV records may span lines (quoted)")
     ap.add_argument("--master", default=None, help="default: what spark-submit or the platform sets")
+    ap.add_argument("--no-report", action="store_true", help="write no drift report beside OUTPUT")
+    ap.add_argument("--fail-on-drift", action="store_true", help="exit 3 when a feature drifted")
     args = ap.parse_args(argv)
     if args.partitions is not None and args.partitions < 1:
         ap.error(f"--partitions must be at least 1, got {args.partitions}")
@@ -559,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         builder = builder.master(args.master)
     spark = builder.getOrCreate()
     try:
-        rows, errors, unseen = run(
+        rows, errors, unseen, report, report_paths = run(
             spark,
             Path(args.archive),
             args.input,
@@ -569,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             args.input_format,
             args.format,
             args.multiline,
+            not args.no_report,
         )
     except SparkJobError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -578,6 +682,14 @@ def main(argv: list[str] | None = None) -> int:
     counts = ", ".join(f"{name} {n:,}" for name, n in sorted(unseen.items()))
     unseen_text = f"; unseen categories: {counts}" if counts else ""
     print(f"scored {rows:,} rows: {rows - errors:,} ok, {errors:,} errors{unseen_text}; wrote {args.output}")
+    if report is not None:
+        report_mod = importlib.import_module(f"{EXECUTOR_PACKAGE}.report")
+        for line in report_mod.drift_lines(report):
+            print(line)
+        if report_paths:
+            print(f"report: {report_paths[0]} and {report_paths[1]}")
+        if args.fail_on_drift and report_mod.drifted(report):
+            return report_mod.DRIFT_EXIT
     return 0 if errors == 0 else 2
 
 

@@ -392,7 +392,12 @@ def test_the_lock_is_held_for_the_whole_job_and_released_after_it(tmp_path):
     score(ScoreConfig(str(inp), str(out)), engine=Probing("none", ChunkRefused("x")))
     assert seen == ["OutputLocked"]
     OutputLock(str(out)).acquire().release()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.csv",
+        "out.csv",
+        "out.csv.report.html",
+        "out.csv.report.json",
+    ]
 
 
 @pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])

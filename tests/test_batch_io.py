@@ -761,6 +761,18 @@ class StopAfter:
         self.columns = self.engine.probe(header)
         return self.columns
 
+    @property
+    def profile(self) -> bool:  # the drift report's counts: the real engine's
+        return self.engine.profile
+
+    @profile.setter
+    def profile(self, value: bool) -> None:
+        self.engine.profile = value
+
+    @property
+    def baseline(self):
+        return self.engine.baseline
+
     def alive(self, header: bytes) -> bool:
         return False
 
@@ -834,6 +846,17 @@ def test_an_interrupted_job_resumes_to_the_output_of_one_run(
     resumed = run(engine, files[source], out, resume=True)
     assert resumed.rows == N and resumed.resumed_rows == stop_at - 1
     same_output(out, whole)
+    # The drift report covers the whole job, as one run's does (its counts went on from the
+    # checkpoint), and counted every scored row.
+    assert resumed.report["job"]["profiled_rows"] == resumed.rows - resumed.errors > 0
+    assert report_of(out) == report_of(whole)
+
+
+def report_of(output: Path) -> dict:
+    """OUTPUT.report.json without what names the run (its output and time)."""
+    report = json.loads(Path(f"{output}.report.json").read_text())
+    del report["job"]["output"], report["job"]["finished"]
+    return report
 
 
 @pytest.mark.parametrize("left_behind", ["segments_after_the_checkpoint", "a_merge_cut_short"])

@@ -271,9 +271,15 @@ def test_stop_leaves_no_torchserve_process(model_store, tmp_path):
 
 
 def _metric(text: str, name: str) -> float:
+    """The sum of a counter's lines; NAME{Feature=X} for one feature's line only."""
+    label = ""
+    if "{" in name:
+        name, label = name.rstrip("}").split("{")
+        key, value = label.split("=")
+        label = f'{key}="{value}"'
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{"):
+        if line.startswith(name + "{") and label in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -288,7 +294,20 @@ def test_metrics_port_shows_the_handlers_row_counters(artifacts, tmp_path):
         r = client.post([IRIS_ROWS[0], [1, 2], IRIS_ROWS[1]], "application/json")
         assert r.status_code == 200
         assert client.post("not json", "application/json").status_code == 400
-        want = {"RowsPredicted": 2, "RowsRejected": 1, "RequestsRejected": 1}
+        # Drift in online traffic, in the batch report's words: a value over the training
+        # maximum, a missing value (imputed), both counted per feature.
+        far = {**dict(zip(FEATURES, IRIS_ROWS[0])), "petal_length_cm": 100.0}
+        gap = {f: v for f, v in zip(FEATURES, IRIS_ROWS[1]) if f != "sepal_width_cm"}
+        assert client.post({"instances": [far, gap]}, "application/json").status_code == 200
+        want = {
+            "RowsPredicted": 4,
+            "RowsRejected": 1,
+            "RequestsRejected": 1,
+            "FeatureOutOfRange{Feature=petal_length_cm}": 1,
+            "FeatureMissing{Feature=sepal_width_cm}": 1,
+            "FeatureOutOfRange": 1,
+            "FeatureMissing": 1,
+        }
         deadline = time.monotonic() + 10  # the frontend picks metrics up from the worker's log
         while True:
             after = requests.get(ts.metrics_url, timeout=10).text

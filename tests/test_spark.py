@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def test_spark_writes_the_bytes_of_the_local_engine_for_bad_rows_and_unseen_cate
     summaries = {}
     for engine, options in {"spark": ["--master", "local[1]"], "local": ["--concurrency", "2"]}.items():
         assert main([*argv, "-o", str(tmp_path / f"{engine}.out"), "--engine", engine, *options]) == 2
-        summaries[engine] = capsys.readouterr().out.strip().splitlines()[-1]
+        summaries[engine] = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("scored "))
     data = spark_bytes(tmp_path / "spark.out")
     assert data == (tmp_path / "local.out").read_bytes()
 
@@ -168,6 +169,14 @@ def test_spark_writes_the_bytes_of_the_local_engine_for_bad_rows_and_unseen_cate
         assert summary.startswith(
             f"scored {n} rows: {n - bad} ok, {bad} errors; unseen categories: island 2, sex 1; "
         ), (engine, summary)
+    # The drift reports hold the same numbers, the rows errors by kind among them.
+    reports = [json.loads(Path(f"{tmp_path / f'{e}.out'}.report.json").read_text()) for e in summaries]
+    for r in reports:
+        for key in ("input", "output", "engine", "finished", "blank_lines"):
+            r["job"].pop(key)
+    assert reports[0] == reports[1]
+    assert sum(reports[0]["errors"]["kinds"].values()) == bad
+    assert reports[0]["features"]["island"]["unseen"] == 2
 
 
 class _Poisoned:

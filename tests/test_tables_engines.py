@@ -214,10 +214,19 @@ def score_everywhere(
         target = tmp_path / f"{engine}.out"
         code = main(["score", str(inp), "-o", str(target), *options])
         captured = capsys.readouterr()
-        summary = captured.out.strip().splitlines()[-1] if captured.out.strip() else ""
+        summary = next((x for x in captured.out.splitlines() if x.startswith("scored ")), "")
         assert code in (0, 2), f"{engine}: {captured.err[-3000:]}"
         data = spark_bytes(target) if engine == "spark" else target.read_bytes()
         out[engine] = (data, summary)
+    # Every engine's drift report holds the same numbers (the handler counted them).
+    reports = []
+    for engine in runs:
+        report = json.loads(Path(f"{tmp_path / f'{engine}.out'}.report.json").read_text())
+        for key in ("input", "output", "engine", "finished"):
+            report["job"].pop(key)
+        reports.append(report)
+    assert all(r == reports[0] for r in reports), "the engines' drift reports differ"
+    assert reports[0]["job"]["profiled_rows"] == reports[0]["job"]["ok"]
     return out
 
 

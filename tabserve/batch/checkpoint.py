@@ -38,6 +38,11 @@ class Checkpoint:
     chunk_rows: int = 0
     # Unseen categories so far, per column.
     unseen: dict[str, int] = field(default_factory=dict)
+    # The drift report's counts so far (pipeline.Totals): a resumed job's report covers the
+    # whole job. None: the job had no report (or a tabserve from before it wrote this).
+    profile: dict[str, Any] | None = None
+    unprofiled: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
     version: int = VERSION
 
     @staticmethod
@@ -153,6 +158,9 @@ class Checkpointer:
             self.formats,
             self.chunk_rows,
             dict(totals.unseen),
+            totals.profile,
+            totals.unprofiled,
+            dict(totals.error_kinds),
         )
         cp.save(self.output)
         self.saved = cp

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ChunkRefused, OutputError, ServerError, TabserveError
 from .engines import Engine
 from .readers import Batch
-from .results import Results, add_counts
+from .results import Results, add_counts, count_kinds, merge_profile
 
 # Tries per part while a failed batch is split to find its bad rows: a 5,000-row batch with
 # one bad row takes about 13 splits, each at most this many tries plus a liveness probe.
@@ -42,6 +42,24 @@ class Totals:
     errors: int = 0
     blank_lines: int = 0
     unseen: dict[str, int] = field(default_factory=dict)
+    # The drift report's counts (handler/profile.py), added up over the answers written; None
+    # without a report. `unprofiled`: rows scored whose answer had no counts (an archive from
+    # before the report, say). `error_kinds`: rows failed, per kind (results.error_kind).
+    profile: dict[str, Any] | None = None
+    unprofiled: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+    def count(self, results: Results, features: tuple[str, ...] = ()) -> None:
+        """Add a batch's results to the report's counts."""
+        count_kinds(self.error_kinds, results.errors.values(), features)
+        scored = len(results) - len(results.errors)
+        if self.profile is not None and results.profile is not None:
+            try:
+                self.profile = merge_profile(self.profile, results.profile)
+                return
+            except ValueError:  # not the baseline's layout: these rows are not counted
+                pass
+        self.unprofiled += scored
 
 
 @dataclass
@@ -51,6 +69,8 @@ class Options:
     max_record_bytes: int = 1 << 20
     checkpoints: Any = None  # checkpoint.Checkpointer: told after every batch written
     progress: Any = None  # a tqdm-like bar: update(n)
+    report: bool = False  # count every batch for the drift report (Totals.count)
+    features: tuple[str, ...] = ()  # the model's features, for the kinds of row errors
 
 
 def score_batch(engine: Engine, batch: Batch, width: int, classifier: bool, max_record_bytes: int) -> Results:
@@ -145,6 +165,8 @@ def run(
         totals.errors += len(results.errors)
         totals.blank_lines += batch.blank_lines
         add_counts(totals.unseen, results.unseen)
+        if options.report:
+            totals.count(results, options.features)
         if options.checkpoints is not None:
             options.checkpoints.after(totals, batch.position)
         if options.progress is not None:

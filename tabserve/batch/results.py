@@ -30,6 +30,7 @@ import numpy as np
 
 BATCH_TYPE = "application/x-tabserve-npy"  # handler.response.BATCH_TYPE
 UNSEEN_HEADER = "x-tabserve-unseen"  # handler.response.UNSEEN_HEADER, in lower case
+PROFILE_HEADER = "X-Tabserve-Profile"  # handler.profile.PROFILE_HEADER
 
 
 class AnswerError(ValueError):
@@ -43,12 +44,14 @@ class Results:
     `values` (n, k): probabilities per class, or the prediction (k = 1, regression); NaN where
     the row failed. `labels` (n,): the class index, -1 where the row failed; None for a
     regression model. `errors`: {position in the batch: message}. `unseen`: {column: count}
-    of categories training never saw, in the rows scored."""
+    of categories training never saw, in the rows scored. `profile`: the handler's counts of
+    the rows scored for the drift report (handler/profile.py), None when it sent none."""
 
     values: np.ndarray
     labels: np.ndarray | None
     errors: dict[int, str] = field(default_factory=dict)
     unseen: dict[str, int] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -76,12 +79,121 @@ class Results:
         labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])
         errors: dict[int, str] = {}
         unseen: dict[str, int] = {}
+        profiles = []
         start = 0
         for p in parts:
             errors.update({start + i: e for i, e in p.errors.items()})
             add_counts(unseen, p.unseen)
+            profiles.append(p.profile)
             start += len(p)
-        return cls(values, labels, errors, unseen)
+        return cls(values, labels, errors, unseen, merge_parts(profiles, parts))
+
+
+def merge_parts(profiles: Sequence[dict[str, Any] | None], parts: Sequence[Results]) -> dict[str, Any] | None:
+    """The profile of consecutive parts: the sum of theirs; None when a part that scored a
+    row has none (its rows would be missing from the counts)."""
+    total = None
+    for profile, part in zip(profiles, parts):
+        if profile is None:
+            if len(part.errors) < len(part):
+                return None
+            continue
+        try:
+            total = profile if total is None else merge_profile(total, profile)
+        except ValueError:
+            return None
+    return total
+
+
+# --- the drift report's counts (handler/profile.py makes them; here they are added up) --------
+
+
+def merge_profile(total: Any, more: Any, key: str = "") -> Any:
+    """`total` + `more`, two profiles (or parts of them) of one layout: counts add (lists
+    element by element), `min` and `max` keep the extreme, `version` must be equal. Raises
+    ValueError when the layouts differ (a profile that is not what the baseline describes)."""
+    if isinstance(total, dict) and isinstance(more, dict):
+        if total.keys() != more.keys():
+            raise ValueError(f"profile keys differ: {sorted(total)[:5]} and {sorted(more)[:5]}")
+        return {k: merge_profile(total[k], more[k], k) for k in total}
+    if isinstance(total, list) and isinstance(more, list):
+        if len(total) != len(more):
+            raise ValueError(f"profile {key!r} has {len(more)} entries, not {len(total)}")
+        return [merge_profile(a, b, key) for a, b in zip(total, more)]
+    if key in ("min", "max"):
+        if not all(v is None or type(v) is float for v in (total, more)):
+            raise ValueError(f"profile {key!r} is not a number")
+        if total is None or more is None:
+            return more if total is None else total
+        return min(total, more) if key == "min" else max(total, more)
+    if key == "version":
+        if total != more:
+            raise ValueError(f"profile version {more!r}, not {total!r}")
+        return total
+    if type(total) is int and type(more) is int and more >= 0:
+        return total + more
+    if type(total) is float and type(more) is float:
+        return total + more
+    raise ValueError(f"profile {key!r}: {type(more).__name__} where {type(total).__name__} was expected")
+
+
+def empty_profile(baseline: dict[str, Any]) -> dict[str, Any]:
+    """A profile of no rows in a baseline's layout: what a job's counts start from (a
+    handler's profile that does not merge into it is not counted)."""
+
+    def numbers(spec: dict[str, Any], missing: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"present": 0}
+        if missing:
+            out["missing"] = 0
+        out.update(below=0, above=0, sum=0.0, sumsq=0.0, min=None, max=None)
+        if spec.get("edges") is not None:
+            out["bins"] = [0] * (len(spec["edges"]) + 1)
+        return out
+
+    features: dict[str, Any] = {}
+    for name, spec in baseline["features"].items():
+        if spec["role"] == "numeric":
+            features[name] = numbers(spec, True)
+        else:
+            features[name] = {"present": 0, "missing": 0, "unseen": 0, "slots": [0] * len(spec["slots"])}
+    pred = baseline["predictions"]
+    if pred["kind"] == "classes":
+        predictions: dict[str, Any] = {"counts": [0] * len(pred["classes"])}
+    else:
+        predictions = numbers(pred, False)
+    return {"version": baseline["version"], "rows": 0, "features": features, "predictions": predictions}
+
+
+# Error kinds kept per job; the rest are counted together (a report stays small whatever the
+# input holds).
+MAX_ERROR_KINDS = 200
+OTHER_KINDS = "(other kinds)"
+
+
+def error_kind(message: str, features: Sequence[str] = ()) -> str:
+    """What kind of error a row's message is, without the row and the value:
+    "row 7: feature 'x' is not a number: 'abc'" is "feature 'x' is not a number",
+    "row 9: chunk refused: ..." is "chunk refused"."""
+    text = message
+    if text.startswith("row "):
+        head, sep, rest = text.partition(": ")
+        if sep and head[4:].replace(",", "").isdigit():
+            text = rest
+    for f in features:
+        lead = f"feature {f!r} "
+        if text.startswith(lead):
+            return lead + text[len(lead) :].split(": ", 1)[0][:80]
+    return text.split(": ", 1)[0][:80]
+
+
+def count_kinds(total: dict[str, int], errors: Any, features: Sequence[str] = ()) -> dict[str, int]:
+    """Add the kinds of `errors` (messages) into `total`, at most MAX_ERROR_KINDS of them."""
+    for message in errors:
+        kind = error_kind(message, features)
+        if kind not in total and len(total) >= MAX_ERROR_KINDS:
+            kind = OTHER_KINDS
+        total[kind] = total.get(kind, 0) + 1
+    return total
 
 
 def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
@@ -109,11 +221,14 @@ def unseen_counts(value: str | None) -> dict[str, int]:
 
 @dataclass
 class BatchAnswer:
-    """A batch answer, read: the numbers, the output columns, the row errors."""
+    """A batch answer, read: the numbers, the output columns, the row errors, and the drift
+    report's counts and baseline when the request asked for them (PROFILE_HEADER)."""
 
     values: np.ndarray
     columns: list[str]
     errors: dict[int, str]
+    profile: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
 
 
 def read_batch(data: bytes) -> BatchAnswer:
@@ -128,7 +243,15 @@ def read_batch(data: bytes) -> BatchAnswer:
         raise AnswerError(f"the answer is not a batch answer: {type(exc).__name__}: {exc}") from exc
     if values.ndim != 2 or values.dtype != np.float64 or len(columns) < 2:
         raise AnswerError(f"the answer is not a batch answer: values {values.dtype} {values.shape}")
-    return BatchAnswer(values, columns, errors)
+    # Counts for a report, never a reason to refuse the answer: what is not an object is none.
+    profile, baseline = trailer.get("profile"), trailer.get("baseline")
+    return BatchAnswer(
+        values,
+        columns,
+        errors,
+        profile if isinstance(profile, dict) else None,
+        baseline if isinstance(baseline, dict) else None,
+    )
 
 
 def from_batch(data: bytes, n: int, unseen: dict[str, int] | None = None) -> Results:
@@ -151,7 +274,7 @@ def from_batch(data: bytes, n: int, unseen: dict[str, int] | None = None) -> Res
         )
         if answer.errors:
             labels[list(answer.errors)] = -1
-    return Results(values, labels, answer.errors, dict(unseen or {}))
+    return Results(values, labels, answer.errors, dict(unseen or {}), answer.profile)
 
 
 def from_csv_answer(
@@ -183,14 +306,20 @@ def from_csv_answer(
     return Results(values, labels, errors, dict(unseen or {}))
 
 
-def score_body(model: Any, body: bytes, n: int, first_row: int) -> tuple[int, Results | str]:
+def score_body(
+    model: Any, body: bytes, n: int, first_row: int, profile: bool = False
+) -> tuple[int, Results | str]:
     """The batch function of the in-process engines (local, Spark): one CSV body (the input's
     header line, then `n` records) through the archive's own handler, as TorchServe would call
-    it. Returns (200, Results) or (status, the handler's message) when it refused the body."""
+    it, `profile` asking for the drift report's counts. Returns (200, Results) or (status, the
+    handler's message) when it refused the body."""
     respond = getattr(model, "respond", None)
     if respond is None:  # an archive from before the batch answer: text/csv
         answer = csv_answer(model, body.decode("utf-8", "replace"), first_row)
         accept_csv = True
+    elif profile and takes_profile(model):
+        answer = respond(body, first_row, accept=BATCH_TYPE, profile="rows")
+        accept_csv = False
     else:
         answer = respond(body, first_row, accept=BATCH_TYPE)
         accept_csv = False
@@ -204,16 +333,29 @@ def score_body(model: Any, body: bytes, n: int, first_row: int) -> tuple[int, Re
     return 200, from_batch(answer.body, n, unseen)
 
 
+def takes_profile(model: Any) -> bool:
+    """Whether an archive's LocalModel.respond takes `profile` (archives from before the drift
+    report do not: their jobs' reports say they lack the counts)."""
+    import inspect
+
+    try:
+        return "profile" in inspect.signature(model.respond).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
 class HandlerFailed(Exception):
     """The archive's handler raised on a body, or answered what is not a batch answer for it:
     the batch's failure (the engines split it to find the rows that cause it)."""
 
 
-def call_handler(model: Any, body: bytes, n: int, first_row: int) -> tuple[int, Results | str]:
+def call_handler(
+    model: Any, body: bytes, n: int, first_row: int, profile: bool = False
+) -> tuple[int, Results | str]:
     """score_body, with any failure of the handler as HandlerFailed, worded the same for every
     in-process engine (the local engine and Spark write the same error text)."""
     try:
-        return score_body(model, body, n, first_row)
+        return score_body(model, body, n, first_row, profile)
     except AnswerError as exc:
         raise HandlerFailed(f"the archive's handler, batch starting at row {first_row}: {exc}") from exc
     except Exception as exc:  # the handler failed on this body: the batch's failure

@@ -42,9 +42,11 @@ class Task:
     file_starts: frozenset[int] = frozenset()  # "text": partitions that start with a header line
     offsets: list[int] | None = None  # data rows before each partition (None: one partition)
     counts: list[int] | None = None  # data rows in each partition, as the count pass saw them
-    counters: Any = None  # (rows, errors, unseen) accumulators
+    counters: Any = None  # (rows, errors, unseen, report) accumulators
     output_header: bytes = b""  # the CSV output's header line (partition 0 writes it first)
     chunk_rows: int = 5000  # rows per handler call (Spark's Arrow batches are cut to match)
+    profile: bool = False  # ask the handler for the drift report's counts (ReportParam)
+    features: tuple[str, ...] = ()  # the model's features, for the kinds of row errors
 
 
 def model(mar_name: str) -> Any:
@@ -235,7 +237,7 @@ def _contained(task: Task, lines: Any, first_row: int) -> R.Results:
         part = lines.slice(lo, hi - lo)
         text = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, hi - lo], pa.int32()), part), b"\n")
         body = task.header + b"\n" + text[0].as_py() + b"\n"
-        status, out = R.call_handler(handler, body, hi - lo, first_row + lo)
+        status, out = R.call_handler(handler, body, hi - lo, first_row + lo, task.profile)
         if status != 200:
             raise _Refused(str(out))
         return out
@@ -258,8 +260,46 @@ def _count(task: Task, scored: R.Results) -> None:
     when Spark runs the task again: a lost executor, speculation.)"""
     if task.counters is None:
         return
-    rows, errors, unseen = task.counters
+    rows, errors, unseen, report = task.counters
     rows.add(len(scored))
     errors.add(len(scored.errors))
     if scored.unseen:
         unseen.add(dict(scored.unseen))
+    if task.profile:
+        ok = len(scored) - len(scored.errors)
+        report.add(
+            {
+                "profile": scored.profile,
+                "unprofiled": ok if scored.profile is None else 0,
+                "error_kinds": R.count_kinds({}, scored.errors.values(), task.features),
+            }
+        )
+
+
+class ReportParam:
+    """Spark's AccumulatorParam for the drift report's counts: {"profile": the handler's
+    profiles added up (results.merge_profile), "unprofiled": rows scored without one,
+    "error_kinds": rows failed per kind}. A profile that does not add up with the others
+    (another layout) counts its rows as unprofiled."""
+
+    def zero(self, value: Any) -> dict[str, Any]:
+        return {"profile": None, "unprofiled": 0, "error_kinds": {}}
+
+    def addInPlace(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:  # Spark's name
+        a["unprofiled"] += b["unprofiled"]
+        for k, v in b["error_kinds"].items():
+            if k not in a["error_kinds"] and len(a["error_kinds"]) >= R.MAX_ERROR_KINDS:
+                k = R.OTHER_KINDS
+            a["error_kinds"][k] = a["error_kinds"].get(k, 0) + v
+        more = b["profile"]
+        if more is None:
+            return a
+        if a["profile"] is None:
+            a["profile"] = more
+            return a
+        try:
+            a["profile"] = R.merge_profile(a["profile"], more)
+        except ValueError:
+            rows = more.get("rows") if isinstance(more, dict) else 0
+            a["unprofiled"] += rows if type(rows) is int and rows > 0 else 0
+        return a

@@ -37,7 +37,9 @@ class LocalEngine:
     (tabserve-local-PID-...), removed by close() or, if the process dies first, by the next
     run's remove_stale_local_dirs()."""
 
-    def __init__(self, mar: Path, gpu_id: int | None = None) -> None:
+    def __init__(self, mar: Path, gpu_id: int | None = None, profile: bool = False) -> None:
+        self.profile = profile  # ask for the drift report's counts (handler/profile.py)
+        self.baseline: dict | None = None  # the report's baseline, from probe()
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-"))
         try:
             local = load_archive_module(mar, self._tmp, "local")
@@ -50,7 +52,7 @@ class LocalEngine:
 
     def _call(self, body: bytes, n: int, first_row: int) -> tuple[int, Results | str]:
         try:
-            return call_handler(self.model, body, n, first_row)
+            return call_handler(self.model, body, n, first_row, self.profile)
         except HandlerFailed as exc:
             raise ServerError(str(exc)) from exc
 
@@ -65,12 +67,16 @@ class LocalEngine:
                 raise ConfigError(f"the model refused the input's columns: {_message(answer.body)}")
             self.columns = csv_columns(answer.body, header.decode("utf-8"), "the archive's handler")
             return self.columns
-        from ..results import BATCH_TYPE
+        from ..results import BATCH_TYPE, takes_profile
 
-        answer = respond(header + b"\n", 1, accept=BATCH_TYPE)
+        if self.profile and takes_profile(self.model):
+            answer = respond(header + b"\n", 1, accept=BATCH_TYPE, profile="baseline")
+        else:
+            answer = respond(header + b"\n", 1, accept=BATCH_TYPE)
         if answer.status != 200:
             raise ConfigError(f"the model refused the input's columns: {_message(answer.body)}")
-        self.columns = read_batch(answer.body).columns
+        read = read_batch(answer.body)
+        self.columns, self.baseline = read.columns, read.baseline
         return self.columns
 
     def alive(self, header: bytes) -> bool:
@@ -155,13 +161,15 @@ def _die_with_parent(every: float = 0.5) -> None:
     threading.Thread(target=watch, name="tabserve-parent-watch", daemon=True).start()
 
 
-def _worker_probe(header: bytes) -> list[str]:
+def _worker_probe(header: bytes, profile: bool = False) -> tuple[list[str], dict | None]:
     assert _worker is not None
-    return _worker.probe(header)
+    _worker.profile = profile
+    return _worker.probe(header), _worker.baseline
 
 
-def _worker_score(body: bytes, n: int, first_row: int) -> Results:
+def _worker_score(body: bytes, n: int, first_row: int, profile: bool = False) -> Results:
     assert _worker is not None
+    _worker.profile = profile
     return _worker.score(body, n, first_row)
 
 
@@ -169,9 +177,11 @@ class LocalPoolEngine:
     """LocalEngine in `processes` worker processes. A pool whose worker died (killed, out of
     memory) is replaced, and the batches it had fail with ServerError."""
 
-    def __init__(self, mar: Path, processes: int) -> None:
+    def __init__(self, mar: Path, processes: int, profile: bool = False) -> None:
         self.mar = mar
         self.processes = processes
+        self.profile = profile
+        self.baseline: dict | None = None
         self.columns: list[str] = []
         self._lock = threading.Lock()
         remove_stale_local_dirs()
@@ -205,7 +215,7 @@ class LocalPoolEngine:
             raise ServerError(f"a local worker process died: {exc}") from exc
 
     def probe(self, header: bytes) -> list[str]:
-        self.columns = self._run(_worker_probe, header)
+        self.columns, self.baseline = self._run(_worker_probe, header, self.profile)
         return self.columns
 
     def alive(self, header: bytes) -> bool:
@@ -215,7 +225,7 @@ class LocalPoolEngine:
             return False
 
     def score(self, body: bytes, n: int, first_row: int, retries: int | None = None) -> Results:
-        return self._run(_worker_score, body, n, first_row)
+        return self._run(_worker_score, body, n, first_row, self.profile)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

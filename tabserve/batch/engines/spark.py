@@ -69,6 +69,7 @@ def run_job(config: ScoreConfig) -> ScoreResult:
             config.input_format,
             config.output_format,
             config.multiline,
+            config.report,
         )
     except spark_job.SparkJobError as exc:
         raise ConfigError(str(exc)) from exc
@@ -80,7 +81,17 @@ def run_job(config: ScoreConfig) -> ScoreResult:
             spark.stop()
             if archive is not None:
                 archive.keep_after(stop_gateway())
-    return ScoreResult(job.rows, job.errors, 0, time.monotonic() - t0, config.output, unseen=job.unseen)
+    return ScoreResult(
+        job.rows,
+        job.errors,
+        0,
+        time.monotonic() - t0,
+        config.output,
+        unseen=job.unseen,
+        report=job.report,
+        report_paths=job.report_paths,
+        fail_on_drift=config.fail_on_drift,
+    )
 
 
 # --- the driver JVM's start: class data sharing ------------------------------------------------

@@ -23,6 +23,7 @@ from ...errors import ChunkRefused, ConfigError, ServerError, TabserveError
 from ...handler.rows import CSV_HEADER_HEADER, FIRST_ROW_HEADER
 from ..results import (
     BATCH_TYPE,
+    PROFILE_HEADER,
     UNSEEN_HEADER,
     AnswerError,
     Results,
@@ -173,6 +174,10 @@ class TorchServeEngine:
         self.backoff = backoff
         self.columns: list[str] = []
         self.accept = BATCH_TYPE
+        # Ask the handler for the drift report's counts (PROFILE_HEADER); probe() keeps the
+        # baseline its answer holds (None from a handler that predates the report).
+        self.profile = False
+        self.baseline: dict | None = None
         self.started_in: float | None = None  # seconds to start an embedded server
         self._local = threading.local()
         self._token = tokens.get()
@@ -190,13 +195,15 @@ class TorchServeEngine:
             s = self._local.session = requests.Session()
         return s
 
-    def _headers(self, first_row: int) -> dict[str, str]:
+    def _headers(self, first_row: int, profile: str = "rows") -> dict[str, str]:
         h = {
             "Content-Type": "text/csv; charset=utf-8",
             "Accept": self.accept,
             FIRST_ROW_HEADER: str(first_row),
             CSV_HEADER_HEADER: "present",
         }
+        if self.profile:
+            h[PROFILE_HEADER] = profile
         if self._token:
             h["Authorization"] = f"Bearer {self._token}"
         return h
@@ -214,7 +221,9 @@ class TorchServeEngine:
                 return True
             return False
 
-    def _post(self, body: bytes, first_row: int, retries: int | None = None) -> requests.Response:
+    def _post(
+        self, body: bytes, first_row: int, retries: int | None = None, profile: str = "rows"
+    ) -> requests.Response:
         """POST with retries for connection errors and busy or restarting servers."""
         retries = self.retries if retries is None else retries
         last = ""
@@ -226,7 +235,7 @@ class TorchServeEngine:
             used = self._token
             try:
                 r = self._session().post(
-                    self.endpoint, data=body, headers=self._headers(first_row), timeout=self.timeout
+                    self.endpoint, data=body, headers=self._headers(first_row, profile), timeout=self.timeout
                 )
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}: {exc}"
@@ -245,7 +254,7 @@ class TorchServeEngine:
         raise ServerError(f"TorchServe at {self.endpoint} failed {retries + 1} times; last error: {last}")
 
     def probe(self, header: bytes, retries: int | None = None) -> list[str]:
-        r = self._post(header + b"\n", 1, retries)
+        r = self._post(header + b"\n", 1, retries, "baseline")
         if r.status_code != 200:
             message = _message(r)
             if self.model is None and MODEL_NAME_REQUIRED in message:
@@ -256,9 +265,10 @@ class TorchServeEngine:
         ctype = r.headers.get("Content-Type", "")
         if self.accept == BATCH_TYPE and ctype.startswith(BATCH_TYPE):
             try:
-                self.columns = read_batch(r.content).columns
+                answer = read_batch(r.content)
             except AnswerError as exc:
                 raise ServerError(f"{self.endpoint} is not a tabserve model: {exc}") from exc
+            self.columns, self.baseline = answer.columns, answer.baseline
             return self.columns
         if self.accept == BATCH_TYPE and "json" in ctype:
             # A handler from before the batch answer answers JSON: ask it for text/csv.

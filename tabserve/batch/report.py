@@ -1,0 +1,362 @@
+"""The drift report of a batch job: its rows against the training data, per feature and for the
+predictions, as OUTPUT.report.json (the keys below are stable) and OUTPUT.report.html.
+
+The numbers come from the handler (handler/profile.py): every answer of the job counted its
+scored rows into the training baseline's bins, and the job added them up (pipeline.Totals). This
+module only compares: nothing here reads the input again.
+
+The drift measure is the population stability index over the baseline's bins (numeric: the
+training deciles, plus a bin for missing values; categorical: each category with an input of
+its own, OTHER (rare and unseen categories), missing; predictions: the classes, or the deciles
+of the training predictions):
+
+    PSI = sum over bins of (batch share - training share) * ln(batch share / training share)
+
+with half a row added to every bin of both sides (so an empty bin is finite; bins empty on
+both sides are left out). Thresholds, the usual ones of credit-risk model monitoring where
+PSI comes from: under 0.1 no real change, 0.1 to 0.25 a moderate shift, 0.25 and over a high
+one. A small batch has a large PSI by chance alone (about (bins - 1) x (1/rows + 1/training
+rows)), so a feature is flagged only when its PSI is also beyond what chance gives at 1 in
+1,000: n x PSI, with 1/n = 1/rows + 1/training rows, is about chi-squared with bins - 1
+degrees of freedom when both sides come from one distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPORT_VERSION = 1
+PSI_MODERATE = 0.1
+PSI_HIGH = 0.25
+SIGNIFICANCE = 0.001
+_Z = 3.090232306167813  # the standard normal's 1 - SIGNIFICANCE quantile
+SMOOTHING = 0.5  # rows added to every bin of both sides
+# Exit code of `tabserve score --fail-on-drift` when a feature or the predictions drifted.
+DRIFT_EXIT = 3
+DIGITS = 6  # significant digits of means and spreads (sums of floats: the last bits depend on
+# how the rows were cut into batches, so each engine would write other last digits)
+
+
+def psi(batch: list[int], training: list[int]) -> tuple[float, int]:
+    """(PSI, bins used) of two histograms over the same bins."""
+    pairs = [(b, t) for b, t in zip(batch, training) if b or t]
+    if len(pairs) < 2:
+        return 0.0, len(pairs)
+    n = sum(b for b, _ in pairs) + SMOOTHING * len(pairs)
+    m = sum(t for _, t in pairs) + SMOOTHING * len(pairs)
+    total = 0.0
+    for b, t in pairs:
+        p, q = (b + SMOOTHING) / n, (t + SMOOTHING) / m
+        total += (p - q) * math.log(p / q)
+    return total, len(pairs)
+
+
+def chance_limit(bins: int) -> float:
+    """The chi-squared value with bins - 1 degrees of freedom exceeded by chance with
+    probability SIGNIFICANCE (Wilson and Hilferty's approximation, within 1% here)."""
+    k = max(bins - 1, 1)
+    return k * (1 - 2 / (9 * k) + _Z * math.sqrt(2 / (9 * k))) ** 3
+
+
+def level(value: float | None, rows: int, training_rows: int, bins: int) -> str | None:
+    """ "high", "moderate", "none", or None when there is no PSI."""
+    if value is None:
+        return None
+    if value < PSI_MODERATE or rows == 0 or training_rows == 0:
+        return "none"
+    n = 1 / (1 / rows + 1 / training_rows)
+    if n * value < chance_limit(bins):
+        return "none"
+    return "high" if value >= PSI_HIGH else "moderate"
+
+
+def _round(x: float | None) -> float | None:
+    """DIGITS significant digits; None for none, or for a sum that overflowed."""
+    if x is None or not math.isfinite(x):
+        return None
+    return float(f"{x:.{DIGITS}g}")
+
+
+def _share(k: int, n: int) -> float:
+    return round(k / n, 6) if n else 0.0
+
+
+def _moments(counts: dict[str, Any], ref: float) -> tuple[float | None, float | None]:
+    n = counts.get("present", 0)
+    if not n:
+        return None, None
+    mean = counts["sum"] / n
+    var = max(counts["sumsq"] / n - mean * mean, 0.0)
+    return _round(ref + mean), _round(math.sqrt(var))
+
+
+def _compare(batch_bins: list[int] | None, train_bins: list[int] | None, labels: list[str]) -> dict[str, Any]:
+    if batch_bins is None or train_bins is None:
+        return {"psi": None, "level": None, "bins": None}
+    value, used = psi(batch_bins, train_bins)
+    return {
+        "psi": round(value, 4),
+        "level": level(value, sum(batch_bins), sum(train_bins), used),
+        "bins": {"labels": labels, "training": list(train_bins), "batch": list(batch_bins)},
+    }
+
+
+def _edge_labels(edges: list[float]) -> list[str]:
+    if not edges:
+        return ["all"]
+    text = [f"{e:.4g}" for e in edges]
+    return [f"< {text[0]}"] + [f"{a} to {b}" for a, b in zip(text, text[1:])] + [f">= {text[-1]}"]
+
+
+def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+    train = spec["train"]
+    present, missing = counts["present"], counts.get("missing", 0)
+    rows = present + missing
+    t_missing = train.get("missing", 0)
+    t_rows = sum(train["bins"]) + t_missing if "bins" in train else None
+    mean, std = _moments(counts, spec.get("ref", 0.0))
+    out: dict[str, Any] = {
+        "role": "numeric",
+        "rows": rows,
+        "missing": missing,
+        "missing_share": _share(missing, rows),
+        "training_missing_share": _share(t_missing, t_rows) if t_rows else None,
+        "below_min": counts["below"],
+        "above_max": counts["above"],
+        "below_min_share": _share(counts["below"], present),
+        "above_max_share": _share(counts["above"], present),
+        "min": counts["min"],
+        "max": counts["max"],
+        "mean": mean,
+        "std": std,
+        "training": {k: train.get(k) for k in ("min", "max", "mean", "std")},
+    }
+    t_std = train.get("std")
+    shift = None
+    if mean is not None and train.get("mean") is not None and t_std:
+        shift = _round((mean - train["mean"]) / t_std)
+    out["mean_shift_in_training_stds"] = shift
+    if "bins" in counts and "bins" in train:
+        labels = [*_edge_labels(spec["edges"]), "missing"]
+        out.update(_compare([*counts["bins"], missing], [*train["bins"], t_missing], labels))
+    else:
+        out.update(_compare(None, None, []))
+    return out
+
+
+def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+    train = spec["train"]
+    present, missing = counts["present"], counts["missing"]
+    rows = present + missing
+    t_slots = train.get("slots")
+    t_missing = train.get("missing", 0)
+    t_rows = sum(t_slots) + t_missing if t_slots is not None else None
+    out: dict[str, Any] = {
+        "role": "categorical",
+        "rows": rows,
+        "missing": missing,
+        "missing_share": _share(missing, rows),
+        "training_missing_share": _share(t_missing, t_rows) if t_rows else None,
+        "unseen": counts["unseen"],
+        "unseen_share": _share(counts["unseen"], present),
+    }
+    labels = [*spec["slots"], "missing"]
+    if t_slots is not None:
+        out.update(_compare([*counts["slots"], missing], [*t_slots, t_missing], labels))
+    else:
+        out.update(_compare(None, None, []))
+    return out
+
+
+def _predictions(spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+    train = spec["train"]
+    if spec["kind"] == "classes":
+        out: dict[str, Any] = {"kind": "classes", "counts": dict(zip(spec["classes"], counts["counts"]))}
+        t = train.get("counts")
+        if t is not None:
+            out["training_counts"] = dict(zip(spec["classes"], t))
+        out.update(_compare(counts["counts"], t, list(spec["classes"])))
+        return out
+    mean, std = _moments(counts, spec.get("ref", 0.0))
+    out = {
+        "kind": "values",
+        "rows": counts["present"],
+        "min": counts["min"],
+        "max": counts["max"],
+        "mean": mean,
+        "std": std,
+        "below_min": counts["below"],
+        "above_max": counts["above"],
+        "training": {k: train.get(k) for k in ("min", "max", "mean", "std")},
+    }
+    if "bins" in counts and "bins" in train:
+        out.update(_compare(counts["bins"], train["bins"], _edge_labels(spec["edges"])))
+    else:
+        out.update(_compare(None, None, []))
+    return out
+
+
+def build(
+    baseline: dict[str, Any] | None,
+    totals: Any,
+    job: dict[str, Any],
+) -> dict[str, Any]:
+    """The report of a job: `totals` (pipeline.Totals or alike: rows, errors, blank_lines,
+    profile, unprofiled, error_kinds) against `baseline` (handler/profile.py; None when the
+    archive's handler predates the report). `job`: input, output, engine, model."""
+    kinds = dict(sorted(totals.error_kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "job": {
+            **job,
+            "rows": totals.rows,
+            "ok": totals.rows - totals.errors,
+            "errors": totals.errors,
+            "blank_lines": totals.blank_lines,
+            "profiled_rows": 0,
+            "unprofiled_rows": totals.unprofiled,
+        },
+        "thresholds": {
+            "psi_moderate": PSI_MODERATE,
+            "psi_high": PSI_HIGH,
+            "significance": SIGNIFICANCE,
+            "smoothing": SMOOTHING,
+        },
+        "errors": {"rows": totals.errors, "kinds": kinds},
+        "features": {},
+        "predictions": None,
+        "drifted": [],
+        "lacks": [],
+    }
+    if baseline is None or totals.profile is None:
+        report["lacks"].append(
+            "the handler's counts: the archive was made before tabserve's drift report (archive "
+            "it again with this tabserve)"
+            if baseline is None
+            else "the counts of this job (it was started with --no-report)"
+        )
+        return report
+    profile = totals.profile
+    report["model"] = {"name": baseline.get("model"), "task": baseline.get("task")}
+    report["job"]["profiled_rows"] = profile["rows"]
+    report["lacks"] = list(baseline.get("lacks", []))
+    if totals.unprofiled:
+        report["lacks"].append(f"the counts of {totals.unprofiled:,} scored rows (their answers had none)")
+    for name, spec in baseline["features"].items():
+        counts = profile["features"][name]
+        if spec["role"] == "numeric":
+            report["features"][name] = _numeric(name, spec, counts)
+        else:
+            report["features"][name] = _categorical(name, spec, counts)
+    report["predictions"] = _predictions(baseline["predictions"], profile["predictions"])
+    report["drifted"] = [n for n, f in report["features"].items() if f["level"] in ("moderate", "high")]
+    return report
+
+
+def drifted(report: dict[str, Any]) -> bool:
+    """Whether a feature or the predictions crossed a threshold."""
+    pred = report.get("predictions") or {}
+    return bool(report.get("drifted")) or pred.get("level") in ("moderate", "high")
+
+
+def _pct(share: float) -> str:
+    pct = share * 100
+    return f"{pct:.0f}%" if pct >= 10 or pct == 0 else f"{pct:.1f}%"
+
+
+def drift_lines(report: dict[str, Any]) -> list[str]:
+    """One line per feature that crossed a threshold (then the predictions'), e.g.
+    "drift: petal_length_cm PSI 0.41 (high), 12% above the training maximum"."""
+    lines = []
+    for name, f in report.get("features", {}).items():
+        if f.get("level") not in ("moderate", "high"):
+            continue
+        parts = [f"PSI {f['psi']:.2f} ({f['level']})"]
+        if f["role"] == "numeric":
+            if f["above_max_share"] >= 0.01:
+                parts.append(f"{_pct(f['above_max_share'])} above the training maximum")
+            if f["below_min_share"] >= 0.01:
+                parts.append(f"{_pct(f['below_min_share'])} below the training minimum")
+            t = f["training"]
+            if f["mean"] is not None and t.get("mean") is not None:
+                parts.append(f"mean {f['mean']:.4g} (training {t['mean']:.4g})")
+        elif f["unseen_share"] >= 0.01:
+            parts.append(f"{_pct(f['unseen_share'])} unseen categories")
+        t_missing = f.get("training_missing_share") or 0.0
+        if abs(f["missing_share"] - t_missing) >= 0.01:
+            parts.append(f"{_pct(f['missing_share'])} missing (training {_pct(t_missing)})")
+        lines.append(f"drift: {name} " + ", ".join(parts))
+    pred = report.get("predictions") or {}
+    if pred.get("level") in ("moderate", "high"):
+        lines.append(f"drift: predictions PSI {pred['psi']:.2f} ({pred['level']})")
+    for lack in report.get("lacks", []):
+        lines.append(f"report: lacks {lack}")
+    return lines
+
+
+def paths(output: str) -> tuple[str, str]:
+    """OUTPUT.report.json and OUTPUT.report.html (beside a file, or beside a Spark folder)."""
+    base = output.rstrip("/")
+    return base + ".report.json", base + ".report.html"
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+def write(report: dict[str, Any], output: str) -> tuple[str, str]:
+    """Write OUTPUT.report.json and OUTPUT.report.html, each beside its name and renamed into
+    place (a reader never sees half of one). The caller does this before the output itself
+    is renamed into place: a finished output always has its report."""
+    from .report_html import render
+
+    json_path, html_path = paths(output)
+    for path, text in ((json_path, to_json(report)), (html_path, render(report))):
+        folder = os.path.dirname(path) or "."
+        fd, tmp = tempfile.mkstemp(prefix=".report-", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return json_path, html_path
+
+
+def stamp() -> str:
+    """The report's time: when the job finished, UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class ReportError(ValueError):
+    """A file that is not a drift report this tabserve reads."""
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A report written by `write` (for `tabserve report`); ReportError when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ReportError(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("report_version") != REPORT_VERSION:
+        raise ReportError(f"{path} is not a tabserve drift report (report_version {REPORT_VERSION})")
+    return data
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The job's line for `tabserve report`."""
+    job = report["job"]
+    return (
+        f"{job.get('input')} -> {job.get('output')}: {job['rows']:,} rows, {job['ok']:,} ok, "
+        f"{job['errors']:,} errors; {len(report.get('drifted', []))} of "
+        f"{len(report.get('features', {}))} features drifted"
+    )

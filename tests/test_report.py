@@ -1,0 +1,433 @@
+"""The drift report of a batch job (tabserve/batch/report.py, handler/profile.py): what it
+says about the training data itself, about a shifted feature in every engine, about an unseen
+category; its HTML; --fail-on-drift and `tabserve report`; archives without a baseline; and
+the counts' containment (any bytes, any profile a server sends)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import csv
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tabserve.archive import ArchiveConfig, archive
+from tabserve.batch import report as R
+from tabserve.batch.engines.local import LocalEngine
+from tabserve.batch.pipeline import Totals
+from tabserve.batch.results import BATCH_TYPE, Results, empty_profile, merge_profile, read_batch
+from tabserve.cli import main
+from tabserve.handler.profile import Profiler
+from tabserve.handler.schema import Schema
+from tabserve.scorer import ScoreConfig, score
+from tabserve.train.config import FitConfig
+from tabserve.train.data import load_builtin, load_csv
+from tabserve.train.export import export
+from tabserve.train.fit import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIFTED = "petal_length_cm"
+JOB_KEYS = ("input", "output", "engine", "finished")
+
+
+def write_rows(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def iris_csv(tmp_path_factory) -> Path:
+    """All 150 Iris rows: the data the model was trained on (its training split is 120 of them)."""
+    data = load_builtin("iris")
+    return write_rows(tmp_path_factory.mktemp("report") / "iris.csv", list(data.features), data.records)
+
+
+@pytest.fixture(scope="module")
+def shifted_csv(iris_csv: Path) -> Path:
+    """The Iris rows with petal_length_cm in millimetres (x 10), the other features as they were."""
+    with open(iris_csv, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    j = header.index(SHIFTED)
+    for r in rows:
+        r[j] = repr(float(r[j]) * 10)
+    return write_rows(iris_csv.with_name("shifted.csv"), header, rows)
+
+
+@pytest.fixture(scope="module")
+def penguins_store(tmp_path_factory) -> Path:
+    """A model trained on examples/penguins.csv (text categories, missing values)."""
+    root = tmp_path_factory.mktemp("penguins")
+    data = load_csv(ROOT / "examples" / "penguins.csv", "species", name="penguins")
+    config = FitConfig(epochs=60)
+    export(data, config, fit(data, config), root / "artifacts")
+    archive(ArchiveConfig(artifacts=root / "artifacts", model_store=root / "store"))
+    return root / "store"
+
+
+def job(inp: Path, out: Path, store: Path, engine: str = "local", **options):
+    return score(ScoreConfig(str(inp), str(out), model_store=store, engine=engine, **options))
+
+
+def report_of(output: Path) -> dict:
+    report = json.loads(Path(f"{output}.report.json").read_text())
+    for key in JOB_KEYS:
+        report["job"].pop(key)
+    return report
+
+
+def test_scoring_the_training_data_reports_no_drift(iris_csv, model_store, penguins_store, tmp_path):
+    result = job(iris_csv, tmp_path / "iris.csv", model_store)
+    report = result.report
+    assert report["drifted"] == [] and not R.drifted(report)
+    assert report["lacks"] == []
+    assert report["job"]["profiled_rows"] == 150
+    for name, f in report["features"].items():
+        assert f["level"] == "none" and f["psi"] < 0.05, (name, f["psi"])
+        assert f["above_max"] == f["below_min"] == 0  # the training range holds its own data
+        assert sum(f["bins"]["batch"]) == 150
+    assert report["predictions"]["level"] == "none"
+    assert [line for line in result.report_lines() if line.startswith("drift")] == []
+
+    penguins = job(ROOT / "examples" / "penguins.csv", tmp_path / "penguins.csv", penguins_store).report
+    assert penguins["drifted"] == [] and penguins["predictions"]["level"] == "none"
+    assert penguins["features"]["sex"]["missing"] > 0  # the file's own missing values, as in training
+    assert penguins["features"]["island"]["unseen"] == 0
+
+
+def test_a_shifted_feature_is_flagged_alone_with_the_same_numbers_in_every_engine(
+    shifted_csv, model_store, tmp_path
+):
+    reports = {}
+    for engine, options in [
+        ("local", {}),
+        ("torchserve", {}),
+        ("spark", {"partitions": 3, "master": "local[2]"}),
+    ]:
+        out = tmp_path / f"{engine}.csv" if engine != "spark" else tmp_path / "spark_out"
+        result = job(shifted_csv, out, model_store, engine, **options)
+        assert result.rows == 150
+        reports[engine] = report_of(out)
+        lines = [x for x in result.report_lines() if x.startswith("drift:")]
+        assert (
+            lines[0].startswith(f"drift: {SHIFTED} PSI ")
+            and "(high), 100% above the training maximum" in lines[0]
+        )
+    assert reports["local"] == reports["torchserve"] == reports["spark"]
+    report = reports["local"]
+    assert report["drifted"] == [SHIFTED]
+    f = report["features"][SHIFTED]
+    assert f["level"] == "high" and f["above_max_share"] == 1.0 and f["mean_shift_in_training_stds"] > 10
+    assert f["bins"]["batch"][-2] == 150  # every value in the last bin (over the last decile's edge)
+    others = [n for n in report["features"] if n != SHIFTED]
+    assert all(report["features"][n]["level"] == "none" for n in others)
+
+
+def test_a_category_training_never_saw_is_flagged_with_its_share(penguins_store, tmp_path):
+    with open(ROOT / "examples" / "penguins.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    j = header.index("island")
+    for k, r in enumerate(rows):
+        if k % 2 == 0:
+            r[j] = "Atlantis"
+    inp = write_rows(tmp_path / "atlantis.csv", header, rows)
+    result = job(inp, tmp_path / "out.csv", penguins_store)
+    report = result.report
+    assert report["drifted"] == ["island"]
+    island = report["features"]["island"]
+    assert island["unseen"] == result.unseen["island"] == (len(rows) + 1) // 2
+    assert island["unseen_share"] == pytest.approx(0.5, abs=0.01)
+    line = next(x for x in result.report_lines() if x.startswith("drift: island"))
+    assert "unseen categories" in line
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_the_html_report_renders_a_chart_per_feature_drifted_first(shifted_csv, model_store, tmp_path):
+    out = tmp_path / "out.csv"
+    report = job(shifted_csv, out, model_store).report
+    page = Path(f"{out}.report.html").read_text()
+    parser = _Images()
+    parser.feed(page)
+    parser.close()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "1 of 4 features drifted: petal_length_cm" in " ".join(parser.text)
+    alts = [img["alt"] for img in parser.images]
+    assert alts == ["predictions", SHIFTED, *[n for n in report["features"] if n != SHIFTED]] or (
+        alts[:2] == ["predictions", SHIFTED]
+        and sorted(alts[2:]) == sorted(set(report["features"]) - {SHIFTED})
+    )
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    for img in parser.images:
+        prefix = "data:image/svg+xml;base64,"
+        assert img["src"].startswith(prefix)
+        svg = ET.fromstring(base64.b64decode(img["src"][len(prefix) :]))
+        bars = svg.findall("svg:rect[@class='bar']", ns)
+        bins = (
+            report["predictions"]["bins"]
+            if img["alt"] == "predictions"
+            else report["features"][img["alt"]]["bins"]
+        )
+        assert len(bars) == 2 * len(bins["labels"])  # training and batch, side by side
+        assert img["alt"] in svg.find("svg:text", ns).text
+
+
+def test_fail_on_drift_exits_3_and_tabserve_report_prints_the_lines_again(
+    shifted_csv, iris_csv, model_store, tmp_path, capsys
+):
+    out = tmp_path / "out.csv"
+    argv = ["score", str(shifted_csv), "-o", str(out), "--engine", "local", "--model-store", str(model_store)]
+    assert main([*argv, "--fail-on-drift"]) == R.DRIFT_EXIT
+    printed = capsys.readouterr().out.splitlines()
+    drift = [x for x in printed if x.startswith("drift:")]
+    assert drift[0].startswith(f"drift: {SHIFTED} PSI ") and drift[-1].startswith("drift: predictions PSI")
+    assert printed[-1] == f"report: {out}.report.json and {out}.report.html"
+
+    assert main(["report", f"{out}.report.json"]) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[1:] == drift and "1 of 4 features drifted" in again[0]
+    assert main(["report", f"{out}.report.json", "--fail-on-drift"]) == R.DRIFT_EXIT
+
+    same = tmp_path / "same.csv"  # no drift: --fail-on-drift changes nothing
+    assert (
+        main(
+            [
+                "score",
+                str(iris_csv),
+                "-o",
+                str(same),
+                "--engine",
+                "local",
+                "--model-store",
+                str(model_store),
+                "--fail-on-drift",
+            ]
+        )
+        == 0
+    )
+    assert main(["report", str(iris_csv)]) == 1
+    assert "is not JSON" in capsys.readouterr().err
+
+
+def test_no_report_writes_none_and_fail_on_drift_needs_one(shifted_csv, model_store, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    argv = ["score", str(shifted_csv), "-o", str(out), "--engine", "local", "--model-store", str(model_store)]
+    assert main([*argv, "--no-report"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+    assert "drift" not in capsys.readouterr().out
+    assert main([*argv, "--no-report", "--fail-on-drift"]) == 1
+    assert "--fail-on-drift needs the drift report" in capsys.readouterr().err
+
+
+def test_an_archive_without_a_baseline_still_scores_and_its_report_says_what_it_lacks(
+    artifacts, shifted_csv, tmp_path
+):
+    old = tmp_path / "old"
+    shutil.copytree(artifacts, old)
+    schema = json.loads((old / "schema.json").read_text())
+    for stats in schema["feature_stats"].values():
+        stats.pop("bins")
+    schema.pop("prediction_stats")
+    (old / "schema.json").write_text(json.dumps(schema))
+    archive(ArchiveConfig(artifacts=old, model_store=tmp_path / "store"))
+    result = job(shifted_csv, tmp_path / "out.csv", tmp_path / "store")
+    report = result.report
+    assert result.rows == 150 and report["drifted"] == [] and not R.drifted(report)
+    assert len(report["lacks"]) == 2 and "training distributions of sepal_length_cm" in report["lacks"][0]
+    f = report["features"][SHIFTED]
+    assert f["psi"] is None and f["above_max"] == 150  # the training range is still known
+    assert any(x.startswith("report: lacks training distributions of ") for x in result.report_lines())
+
+
+class NoCounts:
+    """An engine whose handler predates the report: answers without counts or a baseline."""
+
+    def __init__(self, inner: LocalEngine) -> None:
+        self.inner = inner
+        self.columns: list[str] = []
+
+    def probe(self, header: bytes) -> list[str]:
+        self.columns = self.inner.probe(header)
+        return self.columns
+
+    def score(self, body, n, first_row, retries=None) -> Results:
+        return self.inner.score(body, n, first_row)
+
+    def alive(self, header: bytes) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_handler_without_counts_gives_a_report_that_says_so(iris_csv, model_store, tmp_path):
+    inner = LocalEngine(model_store / "iris.mar")
+    try:
+        result = score(ScoreConfig(str(iris_csv), str(tmp_path / "out.csv")), engine=NoCounts(inner))
+    finally:
+        inner.close()
+    assert result.rows == 150 and result.report["features"] == {}
+    assert "the handler's counts" in result.report["lacks"][0]
+
+
+# --- the counts: added up exactly, whatever the batches; containment ----------------------------
+
+
+@pytest.fixture(scope="module")
+def profiler(artifacts) -> Profiler:
+    return Profiler(Schema.load(artifacts))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6),
+    scale=st.sampled_from([1.0, 10.0, 1e6]),
+    seed=st.integers(0, 2**16),
+)
+def test_profiles_of_any_batches_add_up_to_the_whole_jobs(profiler, cuts, scale, seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    values = rng.normal([5.8, 3.0, 3.7, 1.2], [0.8, 0.4, 1.7, 0.7], size=(n, 4)) * scale
+    probs = rng.dirichlet([1, 1, 1], size=n)
+    errors = [None if rng.random() > 0.1 else "row: bad" for _ in range(n)]
+    whole = profiler.profile(values, errors, probs)
+    bounds = [0, *sorted(cuts), n]
+    total = empty_profile(profiler.baseline())
+    for lo, hi in zip(bounds, bounds[1:]):
+        total = merge_profile(total, profiler.profile(values[lo:hi], errors[lo:hi], probs[lo:hi]))
+    for name, f in whole["features"].items():
+        g = total["features"][name]
+        assert {k: v for k, v in f.items() if k not in ("sum", "sumsq")} == {
+            k: v for k, v in g.items() if k not in ("sum", "sumsq")
+        }
+        assert g["sum"] == pytest.approx(f["sum"], rel=1e-9, abs=1e-6 * scale)
+    assert total["predictions"] == whole["predictions"] and total["rows"] == whole["rows"]
+    one, many = Totals(rows=n, profile=whole), Totals(rows=n, profile=total)
+    assert R.build(profiler.baseline(), one, {}) == R.build(profiler.baseline(), many, {})
+
+
+profile_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**20) | st.floats() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=12)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "rows",
+                    "version",
+                    "features",
+                    "predictions",
+                    "counts",
+                    "sum",
+                    "min",
+                    "max",
+                    "bins",
+                    SHIFTED,
+                    "x",
+                ]
+            ),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+def _mutations(profile):
+    """Profiles one change away from a valid one: a value replaced anywhere in it."""
+    paths = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, (*path, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, (*path, i))
+        paths.append(path)
+
+    walk(profile, ())
+    return st.tuples(st.sampled_from(paths[:-1]), profile_values)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+@example(data=None)
+def test_any_profile_a_server_sends_is_counted_or_refused_never_fails_the_job(profiler, data):
+    """A batch answer's profile comes over HTTP: whatever it holds, adding it up either works
+    (same layout) or counts its rows as unprofiled; the job goes on."""
+    baseline = profiler.baseline()
+    good = profiler.profile(np.tile([5.8, 3.0, 3.7, 1.2], (3, 1)), [None] * 3, np.full((3, 3), 1 / 3))
+    if data is None:
+        hostile = {**good, "rows": -1}
+    elif data.draw(st.booleans(), label="anything"):
+        hostile = data.draw(profile_values, label="profile")
+    else:
+        hostile = copy.deepcopy(good)
+        path, value = data.draw(_mutations(good), label="mutation")
+        node = hostile
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    totals = Totals(profile=empty_profile(baseline))
+    results = Results(np.zeros((3, 3)), np.zeros(3, np.int32), {}, {}, hostile)
+    totals.count(results)
+    if totals.unprofiled == 0:  # it was taken: it has the baseline's layout, counts not negative
+        assert totals.profile.keys() == good.keys() and totals.profile["rows"] >= 0
+        R.build(baseline, totals, {})
+    else:
+        assert totals.unprofiled == 3 and totals.profile == empty_profile(baseline)
+
+
+@pytest.fixture(scope="module")
+def penguin_model(penguins_store):
+    engine = LocalEngine(penguins_store / "penguins.mar")
+    yield engine.model
+    engine.close()
+
+
+HEADER = b"species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex,year"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=2000))
+@example(body=b"\n,Dream,,,,,,\nx,Atlantis,1e308,NA,nan,-0,female,2007\n")
+@example(body=b"\n" + b",Biscoe,39,18,181,3750,male,2007\n" * 3)
+def test_any_bytes_get_an_answer_whose_counts_are_exactly_its_predicted_rows(penguin_model, body):
+    """The handler's counts for a batch job are inside its containment boundary: any body
+    gets its answer, and the counts cover exactly the rows the answer predicted."""
+    answer = penguin_model.respond(HEADER + b"\n" + body, 1, accept=BATCH_TYPE, profile="rows")
+    if answer.status != 200:
+        assert answer.status in (400, 413)
+        return
+    read = read_batch(answer.body)
+    predicted = len(read.values) - len(read.errors)
+    profile = read.profile
+    assert profile["rows"] == predicted
+    assert sum(profile["predictions"]["counts"]) == predicted
+    for f in profile["features"].values():
+        assert f["present"] + f["missing"] == predicted
+        assert sum(f.get("bins") or f.get("slots")) == f["present"]
