@@ -114,19 +114,29 @@ def _edge_labels(edges: list[float]) -> list[str]:
     return [f"< {text[0]}"] + [f"{a} to {b}" for a, b in zip(text, text[1:])] + [f">= {text[-1]}"]
 
 
-def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
-    train = spec["train"]
-    present, missing = counts["present"], counts.get("missing", 0)
+def _rows(
+    role: str, present: int, missing: int, t_counts: list[int] | None, t_missing: int
+) -> dict[str, Any]:
+    """A feature's role, rows counted and missing values, beside training's missing share
+    (None without training counts)."""
     rows = present + missing
-    t_missing = train.get("missing", 0)
-    t_rows = sum(train["bins"]) + t_missing if "bins" in train else None
-    mean, std = _moments(counts, spec.get("ref", 0.0))
-    out: dict[str, Any] = {
-        "role": "numeric",
+    t_rows = sum(t_counts) + t_missing if t_counts is not None else 0
+    return {
+        "role": role,
         "rows": rows,
         "missing": missing,
         "missing_share": _share(missing, rows),
         "training_missing_share": _share(t_missing, t_rows) if t_rows else None,
+    }
+
+
+def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+    train = spec["train"]
+    present, missing = counts["present"], counts.get("missing", 0)
+    t_missing = train.get("missing", 0)
+    mean, std = _moments(counts, spec.get("ref", 0.0))
+    out: dict[str, Any] = {
+        **_rows("numeric", present, missing, train.get("bins"), t_missing),
         "below_min": counts["below"],
         "above_max": counts["above"],
         "below_min_share": _share(counts["below"], present),
@@ -153,16 +163,10 @@ def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[st
 def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
     train = spec["train"]
     present, missing = counts["present"], counts["missing"]
-    rows = present + missing
     t_slots = train.get("slots")
     t_missing = train.get("missing", 0)
-    t_rows = sum(t_slots) + t_missing if t_slots is not None else None
     out: dict[str, Any] = {
-        "role": "categorical",
-        "rows": rows,
-        "missing": missing,
-        "missing_share": _share(missing, rows),
-        "training_missing_share": _share(t_missing, t_rows) if t_rows else None,
+        **_rows("categorical", present, missing, t_slots, t_missing),
         "unseen": counts["unseen"],
         "unseen_share": _share(counts["unseen"], present),
     }
