@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import copy
 import csv
+import importlib
 import json
 import shutil
 import xml.etree.ElementTree as ET
@@ -32,6 +33,8 @@ from tabserve.train.config import FitConfig
 from tabserve.train.data import load_builtin, load_csv
 from tabserve.train.export import export
 from tabserve.train.fit import fit
+
+from .test_fuzz import json_values
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFTED = "petal_length_cm"
@@ -431,3 +434,31 @@ def test_any_bytes_get_an_answer_whose_counts_are_exactly_its_predicted_rows(pen
     for f in profile["features"].values():
         assert f["present"] + f["missing"] == predicted
         assert sum(f.get("bins") or f.get("slots")) == f["present"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=json_values)
+@example(value={"instances": [{"island": None}, {"island": "Atlantis", "sex": 3}, [], {}]})
+def test_any_json_rows_give_online_counts_within_their_rows(penguin_model, value):
+    """The online counters (FeatureMissing, FeatureOutOfRange, FeatureUnseen) come from the
+    rows of any JSON value the handler decodes: never an exception, never more than the rows
+    predicted; and the batch counts of the same rows agree with them."""
+    predictor = penguin_model.handler.predictor
+    profiler = penguin_model.handler.profiler
+    # The archive's own modules (unpacked under a package name of their own).
+    own = importlib.import_module(type(penguin_model).__module__.rsplit(".", 1)[0] + ".rows")
+    try:
+        rows = own.from_json(value, predictor.encoder)
+    except own.BadRequest:
+        return
+    probs, errors = predictor.predict_rows(rows)
+    predicted = errors.count(None)
+    counts = profiler.counts(rows.values, errors, rows.missing, rows.new)
+    profile = profiler.profile(rows.values, errors, probs, rows.missing, rows.new)
+    for name, (missing, outside, unseen) in counts.items():
+        f = profile["features"][name]
+        assert 0 <= missing + unseen <= predicted and 0 <= outside <= predicted
+        assert missing == f["missing"]
+        assert outside == f.get("below", 0) + f.get("above", 0)
+        assert unseen == f.get("unseen", 0)
+    json.dumps(profile)  # it travels as JSON
