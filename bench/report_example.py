@@ -9,7 +9,6 @@ HTML page holds). Prints the job's lines, as the README shows them.
 
 from __future__ import annotations
 
-import base64
 import csv
 import re
 import subprocess
@@ -46,12 +45,11 @@ def main() -> None:
         run = subprocess.run([*cmd, "--model-store", str(store)], capture_output=True, text=True)
         print(run.stdout.replace(tmp, "out"), end="")
         page = Path(f"{out}.report.html").read_text()
-    for alt, data in re.findall(
-        r'<img class="chart" alt="([^"]+)" src="data:image/svg\+xml;base64,([^"]+)"', page
-    ):
-        if alt in (FEATURE, "predictions"):
-            target = ROOT / "docs" / f"drift_{alt}.svg"
-            target.write_bytes(base64.b64decode(data))
+    charts = re.findall(r'<figure class="chart" data-name="([^"]+)">(<svg .*?</svg>)</figure>', page, re.S)
+    for name, svg in charts:
+        if name in (FEATURE, "predictions"):
+            target = ROOT / "docs" / f"drift_{name}.svg"
+            target.write_text(svg + "\n")
             print(f"wrote {target.relative_to(ROOT)}")
 
 

@@ -110,7 +110,7 @@ class Column:
         )
 
 
-def _category_text(v: Any) -> str | None:
+def category_text(v: Any) -> str | None:
     """A JSON value as the text a CSV field would hold; None when it is no category at all."""
     if isinstance(v, str):
         return v
@@ -239,7 +239,7 @@ class Encoder:
                     return "is a number too large", False
                 return None, False
             return "is not a number", False
-        text = _category_text(v)
+        text = category_text(v)
         if text is None:
             return "is not a category (text or a number)", False
         slot = self.category_slot(j, text)

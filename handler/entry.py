@@ -277,7 +277,7 @@ class TabularHandler:
                 try:
                     extra = {
                         "profile": self.profiler.profile(
-                            d.rows.values, errors, probs, d.rows.missing, d.rows.new
+                            d.rows.values, errors, probs, d.rows.missing, d.rows.new, d.rows.new_values
                         )
                     }
                     if d.profile == "baseline":

@@ -83,7 +83,7 @@ class Predictor:
                 f"{float(rows.values[i, j])!r} is out of float32 range once scaled"
             )
             values[i] = 0.0
-        return Rows(values, errors, rows.unseen, rows.missing, rows.new)
+        return Rows(values, errors, rows.unseen, rows.missing, rows.new, rows.new_values)
 
     def place(self, rows: Rows, probs: np.ndarray, first_row: int = 1) -> tuple[np.ndarray, list[str | None]]:
         """Every row's probabilities (zeros where it has an error) and errors, from the

@@ -38,6 +38,11 @@ from .schema import REGRESSION, Schema
 # line). Without it the handler counts nothing beyond the online counters.
 PROFILE_HEADER = "X-Tabserve-Profile"
 PROFILE_VERSION = 1
+# Unseen categories are listed with their counts up to this many distinct texts per feature
+# (each cut to CATEGORY_CHARS); past it the list is null ("too many to list"), in every
+# answer and in every sum of them alike, so the list never depends on how rows were batched.
+MAX_UNSEEN_VALUES = 100
+CATEGORY_CHARS = 40
 
 
 class Profiler:
@@ -84,12 +89,17 @@ class Profiler:
                         slots[self.encoder.category_slot(j, str(text))] += _count(n)
                 else:
                     no_bins.append(c.name)
+                known = isinstance(counts, dict)
+                singles = sum(1 for n in counts.values() if _count(n) == 1) if known else 0
                 self.features[c.name] = {
                     "role": "categorical",
                     "slots": [OTHER, *c.categories],
                     "train": {
-                        "slots": slots if isinstance(counts, dict) else None,
+                        "slots": slots if known else None,
                         "missing": _count(stats.get("missing")),
+                        # categories seen once in training: how often a new one turns up in
+                        # data like the training data (Good and Turing's estimate)
+                        "singletons": singles,
                     },
                 }
         if no_bins:
@@ -149,10 +159,11 @@ class Profiler:
         probs: np.ndarray,
         missing: np.ndarray | None = None,
         new: np.ndarray | None = None,
+        new_values: dict[int, list[tuple[int, str]]] | None = None,
     ) -> dict[str, Any]:
         """The profile of the rows predicted (errors[i] is None) of one answer: `values` the
-        encoded rows (unscaled), `probs` the answer's probabilities or predictions, `missing`
-        and `new` the Rows' masks."""
+        encoded rows (unscaled), `probs` the answer's probabilities or predictions, `missing`,
+        `new` and `new_values` what the Rows say of missing values and unseen categories."""
         n = len(errors)
         ok = (
             np.ones(n, dtype=bool)
@@ -177,6 +188,7 @@ class Profiler:
                 "missing": 0 if gone is None else int(gone.sum()),
                 "unseen": unseen,
                 "slots": [int(round(v)) for v in slots.tolist()],
+                "values": _texts((new_values or {}).get(j, ()), ok),
             }
         scored = probs[ok]
         if self.regression:
@@ -220,6 +232,18 @@ class Profiler:
             if gone or unseen:
                 out[name] = (gone, 0, unseen)
         return out
+
+
+def _texts(found: Any, ok: np.ndarray) -> dict[str, int] | None:
+    """{text: count} of the unseen categories of the rows predicted; None past MAX_UNSEEN_VALUES."""
+    out: dict[str, int] = {}
+    for r, text in found:
+        if ok[r]:
+            key = text.strip()[:CATEGORY_CHARS]
+            out[key] = out.get(key, 0) + 1
+            if len(out) > MAX_UNSEEN_VALUES:
+                return None
+    return dict(sorted(out.items()))
 
 
 def _numbers(

@@ -30,7 +30,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .columns import Encoder
+from .columns import Encoder, category_text
 
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
@@ -99,6 +99,8 @@ class Rows:
     # counts them for drift reports and the online counters.
     missing: np.ndarray | None = None
     new: np.ndarray | None = None
+    # Per categorical column with unseen categories: [(row, the category's text)].
+    new_values: dict[int, list[tuple[int, str]]] | None = None
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -255,6 +257,7 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
     unseen = [0] * n
     gaps_at: list[tuple[int, int]] = []
     new_at: list[tuple[int, int]] = []
+    new_values: dict[int, list[tuple[int, str]]] = {}
     absent = object()
     what = "numbers" if enc.plain and not enc.impute else "values"
     for i, row in enumerate(rows):
@@ -304,8 +307,14 @@ def from_json(obj: Any, spec: Spec, first_row: int = 1, limits: Limits = DEFAULT
         for j in new:
             unseen[j] += 1
             new_at.append((i, j))
+            new_values.setdefault(j, []).append((i, category_text(items[j]) or ""))
     return Rows(
-        values, errors, _unseen(features, unseen), _mask(len(rows), n, gaps_at), _mask(len(rows), n, new_at)
+        values,
+        errors,
+        _unseen(features, unseen),
+        _mask(len(rows), n, gaps_at),
+        _mask(len(rows), n, new_at),
+        new_values or None,
     )
 
 
@@ -610,6 +619,12 @@ def from_records(
     failed = [i for i in good if errors[i] is not None]
     if failed:
         values[failed] = 0.0
+    new_values = {j: [(r, records[r][index[j]]) for r in found] for j, found in enumerate(unseen) if found}
     return Rows(
-        values, errors, _unseen(features, counts), _columns_mask(n, missing), _columns_mask(n, unseen)
+        values,
+        errors,
+        _unseen(features, counts),
+        _columns_mask(n, missing),
+        _columns_mask(n, unseen),
+        new_values or None,
     )

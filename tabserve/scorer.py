@@ -80,7 +80,10 @@ class ScoreConfig:
         if self.max_errors is not None and self.max_errors < 1:
             raise ConfigError(f"--max-errors must be at least 1, got {self.max_errors}")
         if self.fail_on_drift and not self.report:
-            raise ConfigError("--fail-on-drift needs the drift report: leave out --no-report")
+            raise ConfigError(
+                "--fail-on-drift (TABSERVE_FAIL_ON_DRIFT) needs the drift report: leave out "
+                "--no-report (TABSERVE_NO_REPORT)"
+            )
         if self.resume and "-" in (self.input, self.output):
             raise ConfigError("--resume needs a file for both input and output, not - (stdin/stdout)")
         if self.token and self.token_file:

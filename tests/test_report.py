@@ -5,11 +5,11 @@ the counts' containment (any bytes, any profile a server sends)."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import csv
 import importlib
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -154,47 +154,65 @@ def test_a_category_training_never_saw_is_flagged_with_its_share(penguins_store,
     assert "unseen categories" in line
 
 
-class _Images(HTMLParser):
-    def __init__(self) -> None:
+class _Page(HTMLParser):
+    """The page's text and its charts: each <figure class="chart"> with its inline <svg>."""
+
+    def __init__(self, page: str) -> None:
         super().__init__()
-        self.images: list[dict[str, str]] = []
+        self.page = page
+        self.figures: list[str] = []
         self.text: list[str] = []
+        self.feed(page)
+        self.close()
 
     def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.images.append(dict(attrs))
+        if tag == "figure":
+            self.figures.append(dict(attrs)["data-name"])
 
     def handle_data(self, data):
         self.text.append(data)
+
+    def charts(self) -> list[ET.Element]:
+        return [ET.fromstring(svg) for svg in re.findall(r"<svg .*?</svg>", self.page, re.S)]
 
 
 def test_the_html_report_renders_a_chart_per_feature_drifted_first(shifted_csv, model_store, tmp_path):
     out = tmp_path / "out.csv"
     report = job(shifted_csv, out, model_store).report
     page = Path(f"{out}.report.html").read_text()
-    parser = _Images()
-    parser.feed(page)
-    parser.close()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert "1 of 4 features drifted: petal_length_cm" in " ".join(parser.text)
-    alts = [img["alt"] for img in parser.images]
-    assert alts == ["predictions", SHIFTED, *[n for n in report["features"] if n != SHIFTED]] or (
-        alts[:2] == ["predictions", SHIFTED]
-        and sorted(alts[2:]) == sorted(set(report["features"]) - {SHIFTED})
-    )
+    parsed = _Page(page)
+    assert "1 of 4 features drifted: petal_length_cm" in " ".join(parsed.text)
+    assert parsed.figures[:2] == ["predictions", SHIFTED]
+    assert sorted(parsed.figures[2:]) == sorted(set(report["features"]) - {SHIFTED})
     ns = {"svg": "http://www.w3.org/2000/svg"}
-    for img in parser.images:
-        prefix = "data:image/svg+xml;base64,"
-        assert img["src"].startswith(prefix)
-        svg = ET.fromstring(base64.b64decode(img["src"][len(prefix) :]))
+    for name, svg in zip(parsed.figures, parsed.charts(), strict=True):
         bars = svg.findall("svg:rect[@class='bar']", ns)
-        bins = (
-            report["predictions"]["bins"]
-            if img["alt"] == "predictions"
-            else report["features"][img["alt"]]["bins"]
-        )
+        bins = report["predictions"]["bins"] if name == "predictions" else report["features"][name]["bins"]
         assert len(bars) == 2 * len(bins["labels"])  # training and batch, side by side
-        assert img["alt"] in svg.find("svg:text", ns).text
+        assert svg.find("svg:text", ns).text.startswith(name)
+        shares = [float(b.find("svg:title", ns).text.rsplit(": ", 1)[1].rstrip("%")) for b in bars[1::2]]
+        assert sum(shares) == pytest.approx(100, abs=0.1 * len(shares))  # the batch's shares
+
+
+def test_a_report_escapes_what_the_input_and_the_model_name(tmp_path):
+    """Feature names and categories are the user's text: the page escapes them."""
+    rows = [
+        [f"{x:.2f}", "<b>a</b>" if k % 3 else "x&y", str(k % 2)] for k, x in enumerate(np.linspace(0, 9, 90))
+    ]
+    data = write_rows(tmp_path / "t.csv", ["<script>alert(1)</script>", "c<i>", "y"], rows)
+    table = load_csv(data, "y", name="odd", categorical=["c<i>"])
+    config = FitConfig(epochs=5)
+    export(table, config, fit(table, config), tmp_path / "art")
+    archive(ArchiveConfig(artifacts=tmp_path / "art", model_store=tmp_path / "store"))
+    rows = [[r[0], "<img src=x onerror=alert(2)>", r[2]] for r in rows]
+    inp = write_rows(tmp_path / "in.csv", ["<script>alert(1)</script>", "c<i>", "y"], rows)
+    job(inp, tmp_path / "out.csv", tmp_path / "store")
+    page = Path(f"{tmp_path / 'out.csv'}.report.html").read_text()
+    assert "<script>" not in page and "<img" not in page and "&lt;script&gt;" in page
+    parsed = _Page(page)
+    assert "&lt;img src=x onerror=alert(2)&gt;: 90" in page  # the unseen category, listed
+    assert len(parsed.charts()) == len(parsed.figures) == 3
 
 
 def test_fail_on_drift_exits_3_and_tabserve_report_prints_the_lines_again(
@@ -241,7 +259,10 @@ def test_no_report_writes_none_and_fail_on_drift_needs_one(shifted_csv, model_st
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
     assert "drift" not in capsys.readouterr().out
     assert main([*argv, "--no-report", "--fail-on-drift"]) == 1
-    assert "--fail-on-drift needs the drift report" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "Error: --fail-on-drift (TABSERVE_FAIL_ON_DRIFT) needs the drift report: leave out --no-report "
+        "(TABSERVE_NO_REPORT)\n"
+    )
 
 
 def test_an_archive_without_a_baseline_still_scores_and_its_report_says_what_it_lacks(
@@ -462,3 +483,49 @@ def test_any_json_rows_give_online_counts_within_their_rows(penguin_model, value
         assert outside == f.get("below", 0) + f.get("above", 0)
         assert unseen == f.get("unseen", 0)
     json.dumps(profile)  # it travels as JSON
+
+
+def test_a_small_batch_in_other_units_is_flagged_by_its_share_outside_the_training_range(
+    shifted_csv, model_store, tmp_path
+):
+    """Ten rows are too few for PSI to tell from chance; ten of ten values over the training
+    maximum are not."""
+    with open(shifted_csv, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    inp = write_rows(tmp_path / "ten.csv", header, rows[:10])
+    result = job(inp, tmp_path / "out.csv", model_store)
+    f = result.report["features"][SHIFTED]
+    assert f["psi_level"] == "none" and f["psi"] < f["psi_flagged_from"]
+    assert f["flags"]["range"] == "high" and f["level"] == "high"
+    assert result.report["drifted"] == [SHIFTED]
+    line = next(x for x in result.report_lines() if x.startswith("drift:"))
+    assert line.startswith(f"drift: {SHIFTED} PSI ") and "100% above the training maximum (high)" in line
+
+
+def test_a_job_with_no_row_scored_compares_nothing_and_says_so(model_store, tmp_path):
+    inp = write_rows(
+        tmp_path / "bad.csv",
+        ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"],
+        [["a", "b", "c", "d"]] * 20,
+    )
+    out = tmp_path / "out.csv"
+    result = job(inp, out, model_store)
+    report = result.report
+    assert result.errors == 20 and report["drifted"] == []
+    assert all(f["psi"] is None and f["level"] is None for f in report["features"].values())
+    assert report["lacks"] == ["scored rows: no row was predicted, so nothing was compared"]
+    assert "nothing compared: no row was scored" in Path(f"{out}.report.html").read_text()
+    assert report["errors"]["kinds"] == {"feature 'sepal_length_cm' is not a number": 20}
+
+
+def test_the_report_files_are_readable_like_the_output(iris_csv, model_store, tmp_path):
+    out = tmp_path / "out.csv"
+    job(iris_csv, out, model_store)
+    mode = out.stat().st_mode & 0o777
+    for suffix in (".report.json", ".report.html"):
+        assert Path(f"{out}{suffix}").stat().st_mode & 0o777 == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.csv",
+        "out.csv.report.html",
+        "out.csv.report.json",
+    ]

@@ -19,6 +19,11 @@ one. A small batch has a large PSI by chance alone (about (bins - 1) x (1/rows +
 rows)), so a feature is flagged only when its PSI is also beyond what chance gives at 1 in
 1,000: n x PSI, with 1/n = 1/rows + 1/training rows, is about chi-squared with bins - 1
 degrees of freedom when both sides come from one distribution.
+
+Beside PSI, three shares are checked that a small batch can show beyond doubt where PSI
+cannot: values outside the training range, unseen categories, missing values. Each is
+flagged when it is 5 points (high: 25) over what data like the training data gives and
+chance gives it less than 1 in 1,000 times. A feature's level is the worst of its checks.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,14 @@ SMOOTHING = 0.5  # rows added to every bin of both sides
 DRIFT_EXIT = 3
 DIGITS = 6  # significant digits of means and spreads (sums of floats: the last bits depend on
 # how the rows were cut into batches, so each engine would write other last digits)
+
+
+# Shares that no chance can explain: values outside the training range, unseen categories,
+# missing values. Flagged when the batch's share is at least EXCESS_MODERATE (EXCESS_HIGH:
+# "high") over what data like the training data gives, and beyond chance at SIGNIFICANCE.
+EXCESS_MODERATE = 0.05
+EXCESS_HIGH = 0.25
+LEVELS = (None, "none", "moderate", "high")
 
 
 def psi(batch: list[int], training: list[int]) -> tuple[float, int]:
@@ -64,16 +77,52 @@ def chance_limit(bins: int) -> float:
     return k * (1 - 2 / (9 * k) + _Z * math.sqrt(2 / (9 * k))) ** 3
 
 
+def flagged_from(rows: int, training_rows: int, bins: int) -> float | None:
+    """The smallest PSI flagged for these row counts: PSI_MODERATE, or more where chance alone
+    gives a larger one (None when either side has no rows)."""
+    if rows == 0 or training_rows == 0:
+        return None
+    n = 1 / (1 / rows + 1 / training_rows)
+    return max(PSI_MODERATE, chance_limit(bins) / n)
+
+
 def level(value: float | None, rows: int, training_rows: int, bins: int) -> str | None:
     """ "high", "moderate", "none", or None when there is no PSI."""
     if value is None:
         return None
-    if value < PSI_MODERATE or rows == 0 or training_rows == 0:
-        return "none"
-    n = 1 / (1 / rows + 1 / training_rows)
-    if n * value < chance_limit(bins):
+    least = flagged_from(rows, training_rows, bins)
+    if least is None or value < least:
         return "none"
     return "high" if value >= PSI_HIGH else "moderate"
+
+
+def _kl(a: float, p: float) -> float:
+    """Kullback-Leibler divergence of Bernoulli(a) from Bernoulli(p), 0 < p < 1."""
+    out = 0.0
+    if a > 0:
+        out += a * math.log(a / p)
+    if a < 1:
+        out += (1 - a) * math.log((1 - a) / (1 - p))
+    return out
+
+
+def excess(k: int, n: int, p: float) -> str | None:
+    """The level of `k` of `n` values having a property that data like the training data has
+    with probability `p`: "none" unless the share is EXCESS_MODERATE over p and chance gives
+    it less than SIGNIFICANCE of the time (Chernoff's bound on the binomial tail:
+    exp(-n KL(k/n || p))); None without rows."""
+    if n == 0:
+        return None
+    share = k / n
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    if share - p < EXCESS_MODERATE or n * _kl(share, p) < math.log(1 / SIGNIFICANCE):
+        return "none"
+    return "high" if share - p >= EXCESS_HIGH else "moderate"
+
+
+def worst(levels: Any) -> str | None:
+    """The highest of some levels (None < "none" < "moderate" < "high")."""
+    return max(levels, key=LEVELS.index, default=None)
 
 
 def _round(x: float | None) -> float | None:
@@ -97,14 +146,31 @@ def _moments(counts: dict[str, Any], ref: float) -> tuple[float | None, float | 
 
 
 def _compare(batch_bins: list[int] | None, train_bins: list[int] | None, labels: list[str]) -> dict[str, Any]:
-    if batch_bins is None or train_bins is None:
-        return {"psi": None, "level": None, "bins": None}
+    """PSI, its level and the smallest PSI flagged at these row counts, and the bins; PSI
+    None without training bins or without a row in the batch (nothing to compare)."""
+    if batch_bins is None or train_bins is None or not sum(batch_bins):
+        bins = None
+        if batch_bins is not None and train_bins is not None:
+            bins = {"labels": labels, "training": list(train_bins), "batch": list(batch_bins)}
+        return {"psi": None, "psi_level": None, "psi_flagged_from": None, "bins": bins}
     value, used = psi(batch_bins, train_bins)
+    least = flagged_from(sum(batch_bins), sum(train_bins), used)
     return {
         "psi": round(value, 4),
-        "level": level(value, sum(batch_bins), sum(train_bins), used),
+        "psi_level": level(value, sum(batch_bins), sum(train_bins), used),
+        "psi_flagged_from": None if least is None else round(least, 4),
         "bins": {"labels": labels, "training": list(train_bins), "batch": list(batch_bins)},
     }
+
+
+def _training(train: dict[str, Any]) -> dict[str, Any]:
+    return {k: _round(train.get(k)) for k in ("min", "max", "mean", "std")}
+
+
+def _flags(out: dict[str, Any], **checks: str | None) -> None:
+    """The feature's checks (`flags`: psi and the shares' levels) and its `level`, the worst."""
+    out["flags"] = {"psi": out["psi_level"], **checks}
+    out["level"] = worst(out["flags"].values())
 
 
 def _edge_labels(edges: list[float]) -> list[str]:
@@ -145,7 +211,7 @@ def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[st
         "max": counts["max"],
         "mean": mean,
         "std": std,
-        "training": {k: train.get(k) for k in ("min", "max", "mean", "std")},
+        "training": _training(train),
     }
     t_std = train.get("std")
     shift = None
@@ -157,7 +223,20 @@ def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[st
         out.update(_compare([*counts["bins"], missing], [*train["bins"], t_missing], labels))
     else:
         out.update(_compare(None, None, []))
+    t_present = sum(train["bins"]) if "bins" in train else 0
+    # A new value from the training distribution falls outside its n values' range with
+    # probability 2 / (n + 1).
+    outside = counts["below"] + counts["above"]
+    range_level = excess(outside, present, 2 / (t_present + 1)) if t_present else None
+    _flags(out, range=range_level, missing=_missing_level(missing, out["rows"], t_missing, t_present))
     return out
+
+
+def _missing_level(missing: int, rows: int, t_missing: int, t_present: int) -> str | None:
+    """More missing values than training had (Laplace's estimate of its missing share)."""
+    if not t_present and not t_missing:
+        return None
+    return excess(missing, rows, (t_missing + 1) / (t_missing + t_present + 2))
 
 
 def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
@@ -169,12 +248,20 @@ def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dic
         **_rows("categorical", present, missing, t_slots, t_missing),
         "unseen": counts["unseen"],
         "unseen_share": _share(counts["unseen"], present),
+        "unseen_values": counts.get("values"),
     }
     labels = [*spec["slots"], "missing"]
     if t_slots is not None:
         out.update(_compare([*counts["slots"], missing], [*t_slots, t_missing], labels))
     else:
         out.update(_compare(None, None, []))
+    t_present = sum(t_slots) if t_slots is not None else 0
+    # A new category turns up in data like the training data about as often as training saw
+    # a category once (Good and Turing), plus one.
+    unseen_level = None
+    if t_present:
+        unseen_level = excess(counts["unseen"], present, (train.get("singletons", 0) + 1) / (t_present + 1))
+    _flags(out, unseen=unseen_level, missing=_missing_level(missing, out["rows"], t_missing, t_present))
     return out
 
 
@@ -186,6 +273,7 @@ def _predictions(spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]
         if t is not None:
             out["training_counts"] = dict(zip(spec["classes"], t))
         out.update(_compare(counts["counts"], t, list(spec["classes"])))
+        out["level"] = out["psi_level"]
         return out
     mean, std = _moments(counts, spec.get("ref", 0.0))
     out = {
@@ -197,12 +285,13 @@ def _predictions(spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]
         "std": std,
         "below_min": counts["below"],
         "above_max": counts["above"],
-        "training": {k: train.get(k) for k in ("min", "max", "mean", "std")},
+        "training": _training(train),
     }
     if "bins" in counts and "bins" in train:
         out.update(_compare(counts["bins"], train["bins"], _edge_labels(spec["edges"])))
     else:
         out.update(_compare(None, None, []))
+    out["level"] = out["psi_level"]
     return out
 
 
@@ -229,6 +318,8 @@ def build(
         "thresholds": {
             "psi_moderate": PSI_MODERATE,
             "psi_high": PSI_HIGH,
+            "share_moderate": EXCESS_MODERATE,
+            "share_high": EXCESS_HIGH,
             "significance": SIGNIFICANCE,
             "smoothing": SMOOTHING,
         },
@@ -252,6 +343,8 @@ def build(
     report["lacks"] = list(baseline.get("lacks", []))
     if totals.unprofiled:
         report["lacks"].append(f"the counts of {totals.unprofiled:,} scored rows (their answers had none)")
+    if profile["rows"] == 0:
+        report["lacks"].append("scored rows: no row was predicted, so nothing was compared")
     for name, spec in baseline["features"].items():
         counts = profile["features"][name]
         if spec["role"] == "numeric":
@@ -281,27 +374,64 @@ def drift_lines(report: dict[str, Any]) -> list[str]:
     for name, f in report.get("features", {}).items():
         if f.get("level") not in ("moderate", "high"):
             continue
-        parts = [f"PSI {f['psi']:.2f} ({f['level']})"]
+        flags = f.get("flags", {})
+        parts = [] if f["psi"] is None else [f"PSI {f['psi']:.2f} ({f['psi_level']})"]
         if f["role"] == "numeric":
-            if f["above_max_share"] >= 0.01:
-                parts.append(f"{_pct(f['above_max_share'])} above the training maximum")
-            if f["below_min_share"] >= 0.01:
-                parts.append(f"{_pct(f['below_min_share'])} below the training minimum")
+            outside = (
+                f"{_pct(f['above_max_share'])} above the training maximum"
+                if f["above_max_share"] >= 0.01
+                else ""
+            )
+            below = (
+                f"{_pct(f['below_min_share'])} below the training minimum"
+                if f["below_min_share"] >= 0.01
+                else ""
+            )
+            both = ", ".join(x for x in (outside, below) if x)
+            if both:
+                parts.append(both + _flagged(flags.get("range")))
             t = f["training"]
             if f["mean"] is not None and t.get("mean") is not None:
                 parts.append(f"mean {f['mean']:.4g} (training {t['mean']:.4g})")
         elif f["unseen_share"] >= 0.01:
-            parts.append(f"{_pct(f['unseen_share'])} unseen categories")
+            parts.append(
+                f"{_pct(f['unseen_share'])} unseen categories{_listed(f)}" + _flagged(flags.get("unseen"))
+            )
         t_missing = f.get("training_missing_share") or 0.0
-        if abs(f["missing_share"] - t_missing) >= 0.01:
-            parts.append(f"{_pct(f['missing_share'])} missing (training {_pct(t_missing)})")
+        if f["missing_share"] - t_missing >= 0.01:
+            parts.append(
+                f"{_pct(f['missing_share'])} missing (training {_pct(t_missing)})"
+                + _flagged(flags.get("missing"))
+            )
         lines.append(f"drift: {name} " + ", ".join(parts))
     pred = report.get("predictions") or {}
     if pred.get("level") in ("moderate", "high"):
-        lines.append(f"drift: predictions PSI {pred['psi']:.2f} ({pred['level']})")
+        more = ""
+        if (
+            pred.get("kind") == "values"
+            and pred.get("mean") is not None
+            and pred["training"].get("mean") is not None
+        ):
+            more = f", mean {pred['mean']:.4g} (training {pred['training']['mean']:.4g})"
+        lines.append(f"drift: predictions PSI {pred['psi']:.2f} ({pred['level']}){more}")
     for lack in report.get("lacks", []):
         lines.append(f"report: lacks {lack}")
     return lines
+
+
+def _flagged(level: str | None) -> str:
+    """ " (high)" after a share that is itself flagged."""
+    return f" ({level})" if level in ("moderate", "high") else ""
+
+
+def _listed(f: dict[str, Any], shown: int = 5) -> str:
+    """ " (Nord 40, Sud 2)": the most frequent unseen categories."""
+    values = f.get("unseen_values")
+    if not values:
+        return ""
+    top = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[:shown]
+    more = ", ..." if len(values) > shown else ""
+    return " (" + ", ".join(f"{k!r} {v:,}" for k, v in top) + more + ")"
 
 
 def paths(output: str) -> tuple[str, str]:
@@ -322,8 +452,10 @@ def write(report: dict[str, Any], output: str) -> tuple[str, str]:
 
     json_path, html_path = paths(output)
     for path, text in ((json_path, to_json(report)), (html_path, render(report))):
-        folder = os.path.dirname(path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".report-", dir=folder)
+        folder, name = os.path.split(path)
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        # Created as any new file is (0666 less the umask): readable as the output beside it.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)

@@ -5,7 +5,6 @@ SVG images inside the page (data: URLs), drawn here: no plotting library."""
 
 from __future__ import annotations
 
-import base64
 import html
 from typing import Any
 
@@ -55,9 +54,18 @@ def chart(title: str, labels: list[str], training: list[int], batch: list[int], 
     return "".join(parts)
 
 
-def _img(svg: str, alt: str) -> str:
-    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
-    return f'<img class="chart" alt="{html.escape(alt)}" src="data:image/svg+xml;base64,{data}">'
+def _figure(svg: str, name: str) -> str:
+    return f'<figure class="chart" data-name="{html.escape(name)}">{svg}</figure>'
+
+
+def _psi_text(f: dict[str, Any]) -> str:
+    return "no PSI" if f.get("psi") is None else f"PSI {f['psi']:.2f}, {f.get('psi_level')}"
+
+
+def _flags(f: dict[str, Any]) -> str:
+    """The checks that flagged a feature: "psi high, range high"."""
+    found = [f"{k} {v}" for k, v in (f.get("flags") or {}).items() if v in ("moderate", "high")]
+    return ", ".join(found) or "-"
 
 
 def _num(x: Any) -> str:
@@ -84,14 +92,19 @@ def render(report: dict[str, Any]) -> str:
         t = f.get("training") or {}
         mean = f"{_num(f.get('mean'))} ({_num(t.get('mean'))})" if numeric else "-"
         std = f"{_num(f.get('std'))} ({_num(t.get('std'))})" if numeric else "-"
+        unseen = "-"
+        if not numeric:
+            listed = f.get("unseen_values")
+            top = sorted((listed or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+            unseen = _pct(f["unseen_share"]) + "".join(f"<br>{e(k)}: {v:,}" for k, v in top)
         rows.append(
             f'<tr class="{e(level)}"><td>{e(name)}</td><td>{f["role"]}</td><td>{_num(f["rows"])}</td>'
             f"<td>{_pct(f['missing_share'])} ({_pct(f.get('training_missing_share'))})</td>"
             f"<td>{_pct(f['below_min_share']) if numeric else '-'}</td>"
             f"<td>{_pct(f['above_max_share']) if numeric else '-'}</td>"
-            f"<td>{'-' if numeric else _pct(f['unseen_share'])}</td>"
-            f"<td>{mean}</td><td>{std}</td>"
-            f"<td>{_num(f.get('psi'))}</td><td>{e(level)}</td></tr>"
+            f"<td>{unseen}</td><td>{mean}</td><td>{std}</td>"
+            f"<td>{_num(f.get('psi'))}</td><td>{_num(f.get('psi_flagged_from'))}</td>"
+            f"<td>{e(level)}</td><td>{e(_flags(f))}</td></tr>"
         )
     order = sorted(
         features,
@@ -101,25 +114,22 @@ def render(report: dict[str, Any]) -> str:
     pred = report.get("predictions") or {}
     if pred.get("bins"):
         b = pred["bins"]
-        charts.append(
-            _img(
-                chart(f"predictions (PSI {pred['psi']:.2f})", b["labels"], b["training"], b["batch"]),
-                "predictions",
-            )
-        )
+        title = f"predictions ({_psi_text(pred)})"
+        charts.append(_figure(chart(title, b["labels"], b["training"], b["batch"]), "predictions"))
     for name in order[:MAX_PLOTS]:
         f = features[name]
         if f.get("bins"):
             b = f["bins"]
-            title = f"{name} (PSI {f['psi']:.2f}, {f['level']})"
-            charts.append(_img(chart(title, b["labels"], b["training"], b["batch"]), name))
+            title = f"{name} ({_psi_text(f)}; {f['level']})"
+            charts.append(_figure(chart(title, b["labels"], b["training"], b["batch"]), name))
     kinds = "".join(f"<tr><td>{e(k)}</td><td>{v:,}</td></tr>" for k, v in report["errors"]["kinds"].items())
     drifted = report.get("drifted", [])
-    verdict = (
-        f"{len(drifted)} of {len(features)} features drifted: {', '.join(drifted)}"
-        if drifted
-        else f"no feature drifted ({len(features)} compared)"
-    )
+    if job.get("profiled_rows", 0) == 0:
+        verdict = "nothing compared: no row was scored with the handler's counts"
+    elif drifted:
+        verdict = f"{len(drifted)} of {len(features)} features drifted: {', '.join(drifted)}"
+    else:
+        verdict = f"no feature drifted ({len(features)} compared)"
     if pred.get("level") in ("moderate", "high"):
         verdict += f"; the predictions drifted (PSI {pred['psi']:.2f})"
     lacks = "".join(f"<li>{e(x)}</li>" for x in report.get("lacks", []))
@@ -145,11 +155,15 @@ tr.high {{ background: #fdd; }} tr.moderate {{ background: #ffe9c7; }}
 <h2>Features</h2>
 <table><tr><th>feature</th><th>role</th><th>rows</th><th>missing (training)</th>
 <th>below min</th><th>above max</th><th>unseen</th>
-<th>mean (training)</th><th>std (training)</th><th>PSI</th><th>drift</th></tr>
+<th>mean (training)</th><th>std (training)</th><th>PSI</th><th>PSI flagged from</th>
+<th>drift</th><th>flagged by</th></tr>
 {"".join(rows)}</table>
-<p>PSI: population stability index over the training bins (deciles, or categories, and missing values);
-moderate from {th["psi_moderate"]}, high from {th["psi_high"]}, and only when chance alone would give it less
-than {th["significance"]} of the time at these row counts.</p>
+<p>PSI: population stability index over the training bins (deciles, or categories, and missing
+values); moderate from {th["psi_moderate"]}, high from {th["psi_high"]}, and only when chance alone
+would give it less than {th["significance"]} of the time at these row counts: "PSI flagged from" is
+the smallest PSI flagged for this feature's rows. A share of values outside the training range, of
+unseen categories or of missing values is flagged on its own when it is {th["share_moderate"]:.0%}
+(high: {th["share_high"]:.0%}) over what data like the training data has, beyond chance.</p>
 <h2>Distributions</h2>
 {"".join(charts)}
 <h2>Row errors by kind</h2>

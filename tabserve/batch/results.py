@@ -112,6 +112,8 @@ def merge_profile(total: Any, more: Any, key: str = "") -> Any:
     """`total` + `more`, two profiles (or parts of them) of one layout: counts add (lists
     element by element), `min` and `max` keep the extreme, `version` must be equal. Raises
     ValueError when the layouts differ (a profile that is not what the baseline describes)."""
+    if key == "values":  # unseen categories' texts: counts by text, None past the limit
+        return merge_texts(total, more)
     if isinstance(total, dict) and isinstance(more, dict):
         if total.keys() != more.keys():
             raise ValueError(f"profile keys differ: {sorted(total)[:5]} and {sorted(more)[:5]}")
@@ -137,6 +139,26 @@ def merge_profile(total: Any, more: Any, key: str = "") -> Any:
     raise ValueError(f"profile {key!r}: {type(more).__name__} where {type(total).__name__} was expected")
 
 
+MAX_UNSEEN_VALUES = 100  # handler.profile.MAX_UNSEEN_VALUES
+
+
+def merge_texts(total: Any, more: Any) -> dict[str, int] | None:
+    """Two {text: count} lists of unseen categories added; None (too many to list) when
+    either is None or the sum has more than MAX_UNSEEN_VALUES texts."""
+    for side in (total, more):
+        if side is not None and not (
+            isinstance(side, dict)
+            and all(isinstance(k, str) and type(v) is int and v > 0 for k, v in side.items())
+        ):
+            raise ValueError("profile 'values' is not a list of texts with counts")
+    if total is None or more is None:
+        return None
+    out = dict(total)
+    for k, v in more.items():
+        out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items())) if len(out) <= MAX_UNSEEN_VALUES else None
+
+
 def empty_profile(baseline: dict[str, Any]) -> dict[str, Any]:
     """A profile of no rows in a baseline's layout: what a job's counts start from (a
     handler's profile that does not merge into it is not counted)."""
@@ -155,7 +177,13 @@ def empty_profile(baseline: dict[str, Any]) -> dict[str, Any]:
         if spec["role"] == "numeric":
             features[name] = numbers(spec, True)
         else:
-            features[name] = {"present": 0, "missing": 0, "unseen": 0, "slots": [0] * len(spec["slots"])}
+            features[name] = {
+                "present": 0,
+                "missing": 0,
+                "unseen": 0,
+                "slots": [0] * len(spec["slots"]),
+                "values": {},
+            }
     pred = baseline["predictions"]
     if pred["kind"] == "classes":
         predictions: dict[str, Any] = {"counts": [0] * len(pred["classes"])}
