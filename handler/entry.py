@@ -315,11 +315,21 @@ DRIFT_COUNTERS = ("FeatureMissing", "FeatureOutOfRange", "FeatureUnseen")
 
 def _dimension(name: str, value: str) -> Any:
     """A TorchServe metric dimension (ts is there whenever TorchServe calls the handler). The
-    value goes into a log line that TorchServe's frontend parses: characters other than
-    letters, digits, `_`, `-` and `.` become `_`."""
+    value goes into a log line that TorchServe's frontend parses (see label_value)."""
     from ts.metrics.dimension import Dimension
 
-    return Dimension(name, re.sub(r"[^A-Za-z0-9_.-]", "_", value)[:100])
+    return Dimension(name, label_value(value))
+
+
+def label_value(value: str) -> str:
+    """A feature's name as a metric label: letters, digits, `_`, `-` and `.` kept, anything
+    else `_`, and then a short hash of the name, so two names never share a label."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", value)[:80]
+    if safe == value:
+        return value
+    import hashlib
+
+    return f"{safe}~{hashlib.sha1(value.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 _PHRASES = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server Error"}

@@ -10,14 +10,15 @@ decides what a value is, as it decides what a bad row is.
 
 A profile (one per answer; `merge` adds two):
     {"rows": rows scored,
-     "features": {name: numeric {"present", "missing", "below", "above", "bins", "sum", "sumsq",
+     "features": {name: numeric {"present", "missing", "below", "above", "bins", "mean", "m2",
                                  "min", "max"}
                         or categorical {"present", "missing", "unseen", "slots"}},
-     "predictions": {"counts"} (per class) or {"present", "below", "above", "bins", "sum",
-                    "sumsq", "min", "max"} (regression)}
+     "predictions": {"counts"} (per class) or {"present", "below", "above", "bins", "mean",
+                    "m2", "min", "max"} (regression)}
 Only the rows that were predicted are counted (a row with an error is counted by its error).
-`sum` and `sumsq` are of the values minus the baseline's `ref` (the training mean), so that
-the spread of values far from zero keeps its digits. `bins` holds the values per baseline bin
+`mean` and `m2` (the sum of squared differences from the mean) of the present values add up
+by Chan, Golub and LeVeque's formula, exact enough whatever the values' magnitude. `bins` holds
+the values per baseline bin
 (bin k: edges[k-1] <= v < edges[k]); `slots` the values per category slot, OTHER first (rare
 and unseen categories; see columns.py). `below`/`above`: under the training minimum, over
 its maximum.
@@ -37,7 +38,7 @@ from .schema import REGRESSION, Schema
 # its trailer, "baseline" the baseline too (the batch engines ask for it once, with the header
 # line). Without it the handler counts nothing beyond the online counters.
 PROFILE_HEADER = "X-Tabserve-Profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: mean and m2 (1: sums)
 # Unseen categories are listed with their counts up to this many distinct texts per feature
 # (each cut to CATEGORY_CHARS); past it the list is null ("too many to list"), in every
 # answer and in every sum of them alike, so the list never depends on how rows were batched.
@@ -53,7 +54,7 @@ class Profiler:
         self.encoder = schema.encoder()
         self.regression = schema.task == REGRESSION
         self.lacks: list[str] = []
-        self._numeric: list[tuple[int, str, int, np.ndarray | None, float, float, float]] = []
+        self._numeric: list[tuple[int, str, int, np.ndarray | None, float, float]] = []
         self._categorical: list[tuple[int, str, int, int]] = []
         self.features: dict[str, dict[str, Any]] = {}
         no_bins = []
@@ -65,8 +66,7 @@ class Profiler:
                 if edges is None:
                     no_bins.append(c.name)
                 lo, hi = _number(stats.get("min"), -math.inf), _number(stats.get("max"), math.inf)
-                ref = _number(stats.get("mean"), 0.0)
-                self._numeric.append((j, c.name, o, edges, lo, hi, ref))
+                self._numeric.append((j, c.name, o, edges, lo, hi))
                 train: dict[str, Any] = {
                     k: stats[k] for k in ("min", "max", "mean", "std") if _is_number(stats.get(k))
                 }
@@ -76,7 +76,6 @@ class Profiler:
                 self.features[c.name] = {
                     "role": NUMERIC,
                     "edges": None if edges is None else edges.tolist(),
-                    "ref": ref,
                     "train": train,
                 }
             else:
@@ -111,19 +110,13 @@ class Profiler:
         pred = schema.prediction_stats or {}
         if self.regression:
             edges = _edges(pred.get("bins"))
-            self._pred = (
-                edges,
-                _number(pred.get("min"), -math.inf),
-                _number(pred.get("max"), math.inf),
-                _number(pred.get("mean"), 0.0),
-            )
+            self._pred = (edges, _number(pred.get("min"), -math.inf), _number(pred.get("max"), math.inf))
             train = {k: pred[k] for k in ("rows", "min", "max", "mean", "std") if _is_number(pred.get(k))}
             if edges is not None:
                 train["bins"] = [int(n) for n in pred["bins"]["counts"]]
             self.predictions: dict[str, Any] = {
                 "kind": "values",
                 "edges": None if edges is None else edges.tolist(),
-                "ref": self._pred[3],
                 "train": train,
             }
         else:
@@ -141,10 +134,15 @@ class Profiler:
             self.lacks.append("the training predictions (schema.json from before tabserve stored them)")
 
     def baseline(self) -> dict[str, Any]:
-        """The baseline as JSON: what a report compares a job's profile with."""
+        """The baseline as JSON: what a report compares a job's profile with, and `empty`, the
+        profile of no rows in this handler's own layout, which a job's counts start from."""
+        width = self.encoder.width
+        outputs = 1 if self.regression else len(self.schema.classes)
         return {
             "version": PROFILE_VERSION,
             "model": self.schema.name,
+            "weights_sha256": self.schema.weights_sha256,
+            "empty": self.profile(np.zeros((0, width)), [], np.zeros((0, outputs))),
             "task": self.schema.task,
             "missing": self.schema.missing,
             "features": self.features,
@@ -171,10 +169,10 @@ class Profiler:
             else np.array([e is None for e in errors], dtype=bool)
         )
         features: dict[str, Any] = {}
-        for j, name, o, edges, lo, hi, ref in self._numeric:
+        for j, name, o, edges, lo, hi in self._numeric:
             gone = ok & missing[:, j] if missing is not None else None
             x = values[ok & ~missing[:, j], o] if missing is not None else values[ok, o]
-            features[name] = _numbers(x, edges, lo, hi, ref, 0 if gone is None else int(gone.sum()))
+            features[name] = _numbers(x, edges, lo, hi, 0 if gone is None else int(gone.sum()))
         for j, name, o, width in self._categorical:
             if missing is not None:
                 gone = ok & missing[:, j]
@@ -192,8 +190,8 @@ class Profiler:
             }
         scored = probs[ok]
         if self.regression:
-            edges, lo, hi, ref = self._pred
-            predictions = _numbers(scored[:, 0] if len(scored) else np.zeros(0), edges, lo, hi, ref, None)
+            edges, lo, hi = self._pred
+            predictions = _numbers(scored[:, 0] if len(scored) else np.zeros(0), edges, lo, hi, None)
         else:
             k = len(self.schema.classes)
             labels = scored.argmax(axis=1) if len(scored) else np.zeros(0, dtype=np.int64)
@@ -217,7 +215,7 @@ class Profiler:
             else np.array([e is None for e in errors], dtype=bool)
         )
         out: dict[str, tuple[int, int, int]] = {}
-        for j, name, o, _edges, lo, hi, _ref in self._numeric:
+        for j, name, o, _edges, lo, hi in self._numeric:
             present = ok & ~missing[:, j] if missing is not None else ok
             x = values[present, o]
             outside = int(((x < lo) | (x > hi)).sum())
@@ -247,18 +245,20 @@ def _texts(found: Any, ok: np.ndarray) -> dict[str, int] | None:
 
 
 def _numbers(
-    x: np.ndarray, edges: np.ndarray | None, lo: float, hi: float, ref: float, missing: int | None
+    x: np.ndarray, edges: np.ndarray | None, lo: float, hi: float, missing: int | None
 ) -> dict[str, Any]:
     x = np.asarray(x, dtype=np.float64)
-    d = x - ref
     out: dict[str, Any] = {"present": int(len(x))}
     if missing is not None:
         out["missing"] = missing
+    mean = float(x.mean()) if len(x) else 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        m2 = float(((x - mean) ** 2).sum()) if len(x) else 0.0
     out.update(
         below=int((x < lo).sum()),
         above=int((x > hi).sum()),
-        sum=float(d.sum()),
-        sumsq=float((d * d).sum()),
+        mean=mean,
+        m2=m2,
         min=float(x.min()) if len(x) else None,
         max=float(x.max()) if len(x) else None,
     )

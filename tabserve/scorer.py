@@ -21,6 +21,7 @@ from .batch.checkpoint import Checkpoint, Checkpointer, how_to_resume
 from .batch.engines import ENGINES
 from .batch.pipeline import SPLIT_RETRIES, JobFailed, Totals
 from .batch.readers import input_format, open_reader
+from .batch.results import start_profile
 from .batch.writers import WRITERS, output_format
 from .csvio import DEFAULT_MAX_RECORD_BYTES, OutputLock
 from .errors import ConfigError, TabserveError
@@ -119,6 +120,7 @@ class ScoreResult:
     report: dict | None = None  # the drift report (tabserve/batch/report.py), None with --no-report
     report_paths: tuple[str, str] | None = None  # where it was written (None: stdout jobs)
     fail_on_drift: bool = False
+    report_problem: str | None = None  # why the report could not be built or written
 
     @property
     def exit_code(self) -> int:
@@ -132,11 +134,11 @@ class ScoreResult:
         """The lines after the summary: one per feature that drifted, and where the report is."""
         from .batch.report import drift_lines
 
-        if self.report is None:
-            return []
-        lines = drift_lines(self.report)
+        lines = [] if self.report is None else drift_lines(self.report)
         if self.report_paths:
             lines.append(f"report: {self.report_paths[0]} and {self.report_paths[1]}")
+        if self.report_problem:
+            lines.append(f"report: warning: {self.report_problem}")
         return lines
 
     def summary(self) -> str:
@@ -246,18 +248,28 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
             checkpoint.unprofiled,
             dict(checkpoint.error_kinds),
         )
-    baseline = getattr(engine, "baseline", None) if config.report else None
-    if config.report:
+    baseline = getattr(engine, "baseline", None)
+    if start_profile(baseline) is None:  # none, or not one this tabserve can count with
+        baseline = None
+    model = model_digest(baseline)
+    if checkpoint is not None:
+        checkpoint.check_model(model, config.output)
+    if not config.report:
+        baseline = None
+    else:
         start_report(totals, baseline, checkpoint is not None)
     writer = WRITERS[formats[1]](config.output)
     resumable = "-" not in (config.input, config.output)
-    checkpoints = Checkpointer(config.output, fingerprint, formats, writer, resumable, config.chunk_rows)
+    checkpoints = Checkpointer(
+        config.output, fingerprint, formats, writer, resumable, config.chunk_rows, model
+    )
     if checkpoint is not None:
         checkpoints.resume_from(checkpoint)
     bar = _progress(config, reader)
     done = False
     report: dict | None = None
     report_paths: tuple[str, str] | None = None
+    report_problem: str | None = None
     try:
         resume = None if checkpoint is None else checkpoint.writer
         writer.start(reader.columns, reader.header, columns, resume, getattr(reader, "schema", None))
@@ -274,10 +286,9 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
         batches = reader.batches(None if checkpoint is None else checkpoint.reader)
         pipeline.run(batches, engine, writer, columns, totals, options)
         if config.report:
-            report = build_report(config, baseline, totals)
-            if config.output != "-":
-                # Before the output is renamed into place: a finished output has its report.
-                report_paths = write_report(report, config.output)
+            # Before the output is renamed into place: a finished output has its report. A
+            # report that cannot be built or written is a warning, never the job's failure.
+            report, report_paths, report_problem = finish_report(config, baseline, totals)
         if on_commit is not None:
             on_commit()
         writer.commit()
@@ -316,45 +327,66 @@ def _run(config: ScoreConfig, engine, on_commit, stack: ExitStack, t0: float) ->
         report,
         report_paths,
         config.fail_on_drift,
+        report_problem,
     )
 
 
-def start_report(totals: Totals, baseline: dict | None, resumed: bool) -> None:
-    """The report's counts start from nothing in the baseline's layout, or go on from a
-    resumed job's (rows scored before without counts, by a job run with --no-report say, are
-    `unprofiled`)."""
-    from .batch.results import empty_profile
-
+def model_digest(baseline: dict | None) -> str:
+    """What a checkpoint records of the model: the SHA-256 of its baseline (which holds its
+    name, weights' SHA-256 and training statistics); "" when the handler sends none."""
     if baseline is None:
+        return ""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(baseline, sort_keys=True).encode()).hexdigest()
+
+
+def start_report(totals: Totals, baseline: dict | None, resumed: bool) -> None:
+    """The report's counts start from the baseline's empty profile, or go on from a resumed
+    job's. Rows a resumed job scored without counts (run with --no-report) are `unprofiled`,
+    and its failed rows a kind of their own."""
+    from .batch.results import merge_profile
+
+    start = start_profile(baseline)
+    if start is None:
         totals.profile = None
         return
-    if totals.profile is None:
-        totals.profile = empty_profile(baseline)
-        if resumed:
-            totals.unprofiled += totals.rows - totals.errors
+    if totals.profile is not None:
+        try:
+            totals.profile = merge_profile(start, totals.profile)
+            return
+        except ValueError:  # counts of another layout (the checkpoint's model is this one)
+            pass
+    totals.profile = start
+    if resumed and totals.rows:
+        totals.unprofiled += totals.rows - totals.errors
+        if totals.errors and not totals.error_kinds:
+            totals.error_kinds[NOT_COUNTED] = totals.errors
 
 
-def build_report(config: ScoreConfig, baseline: dict | None, totals: Totals) -> dict:
-    from .batch import report
-
-    job = {
-        "input": config.input,
-        "output": config.output,
-        "engine": config.engine,
-        "finished": report.stamp(),
-    }
-    return report.build(baseline, totals, job)
+NOT_COUNTED = "(rows before --resume: scored with --no-report, their kinds not counted)"
 
 
-def write_report(report: dict, output: str) -> tuple[str, str]:
+def finish_report(
+    config: ScoreConfig, baseline: dict | None, totals: Totals
+) -> tuple[dict | None, tuple[str, str] | None, str | None]:
+    """(the report, where it was written, the problem that kept it from being built or
+    written): never raises."""
     from .batch import report as R
 
+    job = {"input": config.input, "output": config.output, "engine": config.engine, "finished": R.stamp()}
     try:
-        return R.write(report, output)
-    except OSError as exc:
-        from .errors import OutputError
-
-        raise OutputError(f"cannot write the drift report beside {output}: {exc.strerror or exc}") from exc
+        report = R.build(baseline, totals, job)
+    except Exception as exc:  # the report's own failure: the job's rows are all written
+        return None, None, f"the drift report could not be built: {type(exc).__name__}: {str(exc)[:200]}"
+    if config.output == "-":
+        return report, None, None
+    try:
+        return report, R.write(report, config.output), None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)[:200]
+        return report, None, f"the drift report could not be written beside {config.output}: {reason}"
 
 
 def _progress(config: ScoreConfig, reader):

@@ -76,6 +76,7 @@ class SparkResult(NamedTuple):
     unseen: dict[str, int]
     report: dict[str, Any] | None = None
     report_paths: tuple[str, str] | None = None
+    report_problem: str | None = None
 
 
 class CountsParam(AccumulatorParam):
@@ -572,23 +573,26 @@ def write_report(
     rows: int,
     errors: int,
     counts: Any,
-) -> tuple[dict[str, Any], tuple[str, str]]:
+) -> tuple[dict[str, Any] | None, tuple[str, str] | None, str | None]:
     """Build the job's drift report from the executors' counts and write it beside OUTPUT (a
     local path directly, any other through Hadoop's file system), once the output is
-    committed."""
+    committed. Returns (the report, where it was written, the problem that kept it from being
+    built or written): a report's failure is a warning, never the job's."""
     from types import SimpleNamespace
 
     R = importlib.import_module(f"{EXECUTOR_PACKAGE}.results")
     report_mod = importlib.import_module(f"{EXECUTOR_PACKAGE}.report")
     counts = counts or {"profile": None, "unprofiled": 0, "error_kinds": {}}
-    profile, unprofiled = None, counts["unprofiled"]
-    if baseline is not None:
-        profile = R.empty_profile(baseline)
-        if counts["profile"] is not None:
-            try:
-                profile = R.merge_profile(profile, counts["profile"])
-            except ValueError:
-                unprofiled += counts["profile"].get("rows", 0) if isinstance(counts["profile"], dict) else 0
+    unprofiled = counts["unprofiled"]
+    profile = R.start_profile(baseline)
+    if profile is None:
+        baseline = None
+    elif counts["profile"] is not None:
+        try:
+            profile = R.merge_profile(profile, counts["profile"])
+        except ValueError:
+            rows_in = counts["profile"].get("rows") if isinstance(counts["profile"], dict) else 0
+            unprofiled += rows_in if type(rows_in) is int and rows_in > 0 else 0
     totals = SimpleNamespace(
         rows=rows,
         errors=errors,
@@ -599,8 +603,15 @@ def write_report(
     )
     inputs = source.files[0] if len(source.files) == 1 else f"{len(source.files)} files"
     job = {"input": inputs, "output": output, "engine": "spark", "finished": report_mod.stamp()}
-    report = report_mod.build(baseline, totals, job)
-    return report, _write_beside(spark, report_mod, report, output)
+    try:
+        report = report_mod.build(baseline, totals, job)
+    except Exception as exc:  # the report's own failure: the output is committed
+        return None, None, f"the drift report could not be built: {type(exc).__name__}: {str(exc)[:200]}"
+    try:
+        return report, _write_beside(spark, report_mod, report, output), None
+    except Exception as exc:  # an OSError here, a Py4JJavaError through Hadoop
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+        return report, None, f"the drift report could not be written beside {output}: {reason}"
 
 
 def _write_beside(spark: Any, report_mod: Any, report: dict[str, Any], output: str) -> tuple[str, str]:
@@ -662,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         builder = builder.master(args.master)
     spark = builder.getOrCreate()
     try:
-        rows, errors, unseen, report, report_paths = run(
+        rows, errors, unseen, report, report_paths, report_problem = run(
             spark,
             Path(args.archive),
             args.input,
@@ -690,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {report_paths[0]} and {report_paths[1]}")
         if args.fail_on_drift and report_mod.drifted(report):
             return report_mod.DRIFT_EXIT
+    if report_problem:
+        print(f"report: warning: {report_problem}")
     return 0 if errors == 0 else 2
 
 

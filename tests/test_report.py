@@ -24,7 +24,7 @@ from tabserve.archive import ArchiveConfig, archive
 from tabserve.batch import report as R
 from tabserve.batch.engines.local import LocalEngine
 from tabserve.batch.pipeline import Totals
-from tabserve.batch.results import BATCH_TYPE, Results, empty_profile, merge_profile, read_batch
+from tabserve.batch.results import BATCH_TYPE, Results, merge_profile, read_batch, start_profile
 from tabserve.cli import main
 from tabserve.handler.profile import Profiler
 from tabserve.handler.schema import Schema
@@ -338,22 +338,23 @@ def test_profiles_of_any_batches_add_up_to_the_whole_jobs(profiler, cuts, scale,
     errors = [None if rng.random() > 0.1 else "row: bad" for _ in range(n)]
     whole = profiler.profile(values, errors, probs)
     bounds = [0, *sorted(cuts), n]
-    total = empty_profile(profiler.baseline())
+    total = start_profile(profiler.baseline())
     for lo, hi in zip(bounds, bounds[1:]):
         total = merge_profile(total, profiler.profile(values[lo:hi], errors[lo:hi], probs[lo:hi]))
     for name, f in whole["features"].items():
         g = total["features"][name]
-        assert {k: v for k, v in f.items() if k not in ("sum", "sumsq")} == {
-            k: v for k, v in g.items() if k not in ("sum", "sumsq")
+        assert {k: v for k, v in f.items() if k not in ("mean", "m2")} == {
+            k: v for k, v in g.items() if k not in ("mean", "m2")
         }
-        assert g["sum"] == pytest.approx(f["sum"], rel=1e-9, abs=1e-6 * scale)
+        assert g["mean"] == pytest.approx(f["mean"], rel=1e-12)
+        assert g["m2"] == pytest.approx(f["m2"], rel=1e-9)
     assert total["predictions"] == whole["predictions"] and total["rows"] == whole["rows"]
     one, many = Totals(rows=n, profile=whole), Totals(rows=n, profile=total)
     assert R.build(profiler.baseline(), one, {}) == R.build(profiler.baseline(), many, {})
 
 
 profile_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 10**20) | st.floats() | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers(-5, 10**400) | st.floats() | st.text(max_size=5),
     lambda children: (
         st.lists(children, max_size=12)
         | st.dictionaries(
@@ -364,7 +365,10 @@ profile_values = st.recursive(
                     "features",
                     "predictions",
                     "counts",
-                    "sum",
+                    "mean",
+                    "m2",
+                    "present",
+                    "values",
                     "min",
                     "max",
                     "bins",
@@ -416,14 +420,14 @@ def test_any_profile_a_server_sends_is_counted_or_refused_never_fails_the_job(pr
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
-    totals = Totals(profile=empty_profile(baseline))
+    totals = Totals(profile=start_profile(baseline))
     results = Results(np.zeros((3, 3)), np.zeros(3, np.int32), {}, {}, hostile)
     totals.count(results)
     if totals.unprofiled == 0:  # it was taken: it has the baseline's layout, counts not negative
         assert totals.profile.keys() == good.keys() and totals.profile["rows"] >= 0
         R.build(baseline, totals, {})
     else:
-        assert totals.unprofiled == 3 and totals.profile == empty_profile(baseline)
+        assert totals.unprofiled == 3 and totals.profile == start_profile(baseline)
 
 
 @pytest.fixture(scope="module")
@@ -529,3 +533,190 @@ def test_the_report_files_are_readable_like_the_output(iris_csv, model_store, tm
         "out.csv.report.html",
         "out.csv.report.json",
     ]
+
+
+def test_the_spread_of_values_far_from_the_training_mean_is_right_whatever_the_batches(profiler):
+    """Values around 12,345,678.9 with a spread of 0.029 (a column in other units): the mean
+    and spread come out right and the same for one batch as for batches of 7 rows."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    values = np.tile([5.8, 3.0, 3.7, 1.2], (n, 1))
+    values[:, 0] = 12345678.9 + rng.uniform(0, 0.1, n)
+    probs = np.full((n, 3), 1 / 3)
+    errors = [None] * n
+    whole = profiler.profile(values, errors, probs)
+    total = start_profile(profiler.baseline())
+    for lo in range(0, n, 7):
+        total = merge_profile(
+            total, profiler.profile(values[lo : lo + 7], errors[lo : lo + 7], probs[lo : lo + 7])
+        )
+    reports = [R.build(profiler.baseline(), Totals(rows=n, profile=p), {}) for p in (whole, total)]
+    assert reports[0] == reports[1]
+    f = reports[0]["features"]["sepal_length_cm"]
+    assert f["std"] == pytest.approx(np.std(values[:, 0]), rel=1e-5)
+    assert f["mean"] == pytest.approx(12345678.95, rel=5e-6)  # 6 significant digits
+
+
+def test_a_report_that_cannot_be_written_is_a_warning_and_the_output_is_committed(
+    iris_csv, model_store, tmp_path, capsys
+):
+    out = tmp_path / "out.csv"
+    Path(f"{out}.report.html").mkdir()  # in the way of the report, not of the output
+    argv = ["score", str(iris_csv), "-o", str(out), "--engine", "local", "--model-store", str(model_store)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert out.read_text().count("\n") == 151 and not Path(f"{out}.part").exists()
+    assert f"report: warning: the drift report could not be written beside {out}: " in printed
+
+
+class _Stop:
+    """A real engine that is interrupted (Ctrl-C) once rows from `row` on are sent."""
+
+    def __init__(self, engine, row: int) -> None:
+        self.engine, self.row, self.columns = engine, row, []
+
+    @property
+    def profile(self) -> bool:  # the drift report's counts: the real engine's
+        return self.engine.profile
+
+    @profile.setter
+    def profile(self, value: bool) -> None:
+        self.engine.profile = value
+
+    @property
+    def baseline(self):
+        return self.engine.baseline
+
+    def probe(self, header: bytes) -> list[str]:
+        self.columns = self.engine.probe(header)
+        return self.columns
+
+    def score(self, body, n, first_row, retries=None):
+        if first_row >= self.row:
+            raise KeyboardInterrupt
+        return self.engine.score(body, n, first_row, retries)
+
+    def alive(self, header: bytes) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_resume_refuses_another_model_and_goes_on_with_the_same(iris_csv, model_store, tmp_path):
+    """The checkpoint names the model (its baseline's digest): a job resumed with another
+    model would write two models' predictions into one output, and add up counts that do
+    not belong together."""
+    out = tmp_path / "out.csv"
+    inner = LocalEngine(model_store / "iris.mar")
+    try:
+        from tabserve.scorer import JobFailed
+
+        with pytest.raises(JobFailed, match="--resume"):
+            score(ScoreConfig(str(iris_csv), str(out), chunk_rows=16, concurrency=1), engine=_Stop(inner, 50))
+    finally:
+        inner.close()
+    other = tmp_path / "other"
+    data = load_builtin("iris")
+    config = FitConfig(seed=7, epochs=20)
+    export(data, config, fit(data, config), other / "art")
+    archive(ArchiveConfig(artifacts=other / "art", model_store=other / "store"))
+    from tabserve.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot resume: the model is not the one"):
+        score(
+            ScoreConfig(
+                str(iris_csv),
+                str(out),
+                chunk_rows=16,
+                model_store=other / "store",
+                engine="local",
+                resume=True,
+            )
+        )
+    resumed = score(
+        ScoreConfig(
+            str(iris_csv), str(out), chunk_rows=16, model_store=model_store, engine="local", resume=True
+        )
+    )
+    assert resumed.resumed_rows > 0 and resumed.report["job"]["profiled_rows"] == 150
+    whole = job(iris_csv, tmp_path / "whole.csv", model_store, chunk_rows=16)
+    assert report_of(out) == report_of(tmp_path / "whole.csv") and whole.rows == 150
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_baseline_a_server_sends_gives_a_report_or_a_warning_never_a_failure(profiler, data):
+    """The baseline comes over HTTP too: whatever it holds, the job's report is built, or
+    its failure is a warning line."""
+    from tabserve.scorer import finish_report, start_report
+
+    baseline = copy.deepcopy(profiler.baseline())
+    if data.draw(st.booleans(), label="anything"):
+        baseline = data.draw(profile_values, label="baseline")
+    else:
+        path, value = data.draw(_mutations(baseline), label="mutation")
+        node = baseline
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    totals = Totals(rows=3)
+    good = start_profile(baseline)
+    start_report(totals, baseline if good is not None else None, False)
+    report, paths, problem = finish_report(
+        ScoreConfig("in.csv", "-", engine="local"), baseline if good else None, totals
+    )
+    assert paths is None
+    assert (report is None) == (problem is not None)
+    if report is not None:
+        R.to_json(report)  # strict JSON
+        R.drift_lines(report)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"report_version": 1}',
+        '{"report_version": true, "job": {}}',
+        '{"report_version": 1.0}',
+        "[" * 100_000,
+        '{"report_version": 1, "job": {"rows": 1e400, "ok": NaN, "errors": 0}}',
+        "not json",
+    ],
+)
+def test_tabserve_report_refuses_what_is_not_a_report_in_one_line(text, tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    assert main(["report", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_drift_line_is_one_line_and_metric_labels_stay_apart():
+    from tabserve.batch.results import count_kinds
+    from tabserve.handler.entry import label_value
+
+    report = {
+        "features": {
+            "a\nb\x1b[31m": {
+                "role": "categorical",
+                "level": "high",
+                "psi": 1.0,
+                "psi_level": "high",
+                "flags": {"psi": "high"},
+                "unseen_share": 0.5,
+                "unseen_values": {"x\ny": 3},
+                "missing_share": 0.0,
+                "training_missing_share": 0.0,
+            }
+        },
+        "predictions": None,
+        "lacks": [],
+    }
+    [line] = R.drift_lines(report)
+    assert "\n" not in line and "\x1b" not in line and line.startswith("drift: a\\nb")
+    labels = [label_value(n) for n in ["价格", "重量", "a b", "a_b", "a.b"]]
+    assert len(set(labels)) == 5 and labels[3:] == ["a_b", "a.b"]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.~-]+", x) for x in labels)
+    kinds = count_kinds({}, [f"row {i}: expected 4 fields, got {i}" for i in range(5, 300)])
+    assert kinds == {"expected 4 fields": 295}

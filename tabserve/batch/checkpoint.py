@@ -43,6 +43,8 @@ class Checkpoint:
     profile: dict[str, Any] | None = None
     unprofiled: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
+    # The model's digest (scorer.model_digest): a job resumes with the model it started with.
+    model: str = ""
     version: int = VERSION
 
     @staticmethod
@@ -83,6 +85,15 @@ class Checkpoint:
         except OSError:  # the output is complete: a stale checkpoint beside it is harmless
             pass
 
+    def check_model(self, model: str, output: str) -> None:
+        """ConfigError when the model answering now is not the one the job started with (its
+        output would hold two models' predictions); unknown on either side: no check."""
+        if self.model and model and self.model != model:
+            raise ConfigError(
+                f"cannot resume: the model is not the one that wrote {output}.part (another archive, "
+                "or the same name trained again); give the first model, or run again without --resume"
+            )
+
     def check(
         self, fingerprint: dict[str, Any], formats: tuple[str, str], output: str, chunk_rows: int
     ) -> None:
@@ -122,8 +133,10 @@ class Checkpointer:
         writer: Any,
         enabled: bool,
         chunk_rows: int = 0,
+        model: str = "",
     ) -> None:
         self.chunk_rows = chunk_rows
+        self.model = model
         self.output = output
         self.fingerprint = fingerprint
         self.formats = formats
@@ -161,6 +174,7 @@ class Checkpointer:
             totals.profile,
             totals.unprofiled,
             dict(totals.error_kinds),
+            self.model,
         )
         cp.save(self.output)
         self.saved = cp

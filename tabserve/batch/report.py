@@ -42,6 +42,8 @@ PSI_HIGH = 0.25
 SIGNIFICANCE = 0.001
 _Z = 3.090232306167813  # the standard normal's 1 - SIGNIFICANCE quantile
 SMOOTHING = 0.5  # rows added to every bin of both sides
+SHOWN_KINDS = 50  # kinds of row errors in a report, the most frequent; the rest summed
+OTHER_KINDS = "(other kinds)"  # results.OTHER_KINDS
 # Exit code of `tabserve score --fail-on-drift` when a feature or the predictions drifted.
 DRIFT_EXIT = 3
 DIGITS = 6  # significant digits of means and spreads (sums of floats: the last bits depend on
@@ -136,13 +138,12 @@ def _share(k: int, n: int) -> float:
     return round(k / n, 6) if n else 0.0
 
 
-def _moments(counts: dict[str, Any], ref: float) -> tuple[float | None, float | None]:
+def _moments(counts: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The present values' mean and (population) standard deviation."""
     n = counts.get("present", 0)
     if not n:
         return None, None
-    mean = counts["sum"] / n
-    var = max(counts["sumsq"] / n - mean * mean, 0.0)
-    return _round(ref + mean), _round(math.sqrt(var))
+    return _round(counts["mean"]), _round(math.sqrt(max(counts["m2"], 0.0) / n))
 
 
 def _compare(batch_bins: list[int] | None, train_bins: list[int] | None, labels: list[str]) -> dict[str, Any]:
@@ -200,7 +201,7 @@ def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[st
     train = spec["train"]
     present, missing = counts["present"], counts.get("missing", 0)
     t_missing = train.get("missing", 0)
-    mean, std = _moments(counts, spec.get("ref", 0.0))
+    mean, std = _moments(counts)
     out: dict[str, Any] = {
         **_rows("numeric", present, missing, train.get("bins"), t_missing),
         "below_min": counts["below"],
@@ -275,7 +276,7 @@ def _predictions(spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]
         out.update(_compare(counts["counts"], t, list(spec["classes"])))
         out["level"] = out["psi_level"]
         return out
-    mean, std = _moments(counts, spec.get("ref", 0.0))
+    mean, std = _moments(counts)
     out = {
         "kind": "values",
         "rows": counts["present"],
@@ -303,7 +304,10 @@ def build(
     """The report of a job: `totals` (pipeline.Totals or alike: rows, errors, blank_lines,
     profile, unprofiled, error_kinds) against `baseline` (handler/profile.py; None when the
     archive's handler predates the report). `job`: input, output, engine, model."""
-    kinds = dict(sorted(totals.error_kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    ranked = sorted(totals.error_kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    kinds = dict(ranked[:SHOWN_KINDS])
+    if len(ranked) > SHOWN_KINDS:
+        kinds[OTHER_KINDS] = kinds.get(OTHER_KINDS, 0) + sum(n for _, n in ranked[SHOWN_KINDS:])
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "job": {
@@ -342,7 +346,10 @@ def build(
     report["job"]["profiled_rows"] = profile["rows"]
     report["lacks"] = list(baseline.get("lacks", []))
     if totals.unprofiled:
-        report["lacks"].append(f"the counts of {totals.unprofiled:,} scored rows (their answers had none)")
+        report["lacks"].append(
+            f"the counts of {totals.unprofiled:,} scored rows (scored with --no-report before "
+            "--resume, or answered without counts this tabserve can add: archive the model again)"
+        )
     if profile["rows"] == 0:
         report["lacks"].append("scored rows: no row was predicted, so nothing was compared")
     for name, spec in baseline["features"].items():
@@ -403,7 +410,7 @@ def drift_lines(report: dict[str, Any]) -> list[str]:
                 f"{_pct(f['missing_share'])} missing (training {_pct(t_missing)})"
                 + _flagged(flags.get("missing"))
             )
-        lines.append(f"drift: {name} " + ", ".join(parts))
+        lines.append(f"drift: {printable(name)} " + ", ".join(parts))
     pred = report.get("predictions") or {}
     if pred.get("level") in ("moderate", "high"):
         more = ""
@@ -415,8 +422,14 @@ def drift_lines(report: dict[str, Any]) -> list[str]:
             more = f", mean {pred['mean']:.4g} (training {pred['training']['mean']:.4g})"
         lines.append(f"drift: predictions PSI {pred['psi']:.2f} ({pred['level']}){more}")
     for lack in report.get("lacks", []):
-        lines.append(f"report: lacks {lack}")
+        lines.append(f"report: lacks {printable(lack)}")
     return lines
+
+
+def printable(text: str) -> str:
+    """Text for a terminal line: control characters (a line break in a feature's name, an
+    escape sequence) written as Python escapes, so one drift is one line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _flagged(level: str | None) -> str:
@@ -471,6 +484,10 @@ def stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 class ReportError(ValueError):
     """A file that is not a drift report this tabserve reads."""
 
@@ -478,19 +495,32 @@ class ReportError(ValueError):
 def load(path: str | Path) -> dict[str, Any]:
     """A report written by `write` (for `tabserve report`); ReportError when it is not one."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constant)
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ReportError(f"{path} is not JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("report_version") != REPORT_VERSION:
+    except (ValueError, RecursionError) as exc:
+        raise ReportError(f"{path} is not JSON: {str(exc)[:200]}") from exc
+    if (
+        not isinstance(data, dict)
+        or type(data.get("report_version")) is not int
+        or data["report_version"] != REPORT_VERSION
+    ):
         raise ReportError(f"{path} is not a tabserve drift report (report_version {REPORT_VERSION})")
+    try:  # what `tabserve report` prints must be there
+        summary(data)
+        drift_lines(data)
+    except Exception as exc:
+        raise ReportError(
+            f"{path} is not a tabserve drift report: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
     return data
 
 
 def summary(report: dict[str, Any]) -> str:
     """The job's line for `tabserve report`."""
     job = report["job"]
+    if not all(type(job[k]) is int for k in ("rows", "ok", "errors")):
+        raise ValueError("the job's rows are not counts")
     return (
         f"{job.get('input')} -> {job.get('output')}: {job['rows']:,} rows, {job['ok']:,} ok, "
         f"{job['errors']:,} errors; {len(report.get('drifted', []))} of "

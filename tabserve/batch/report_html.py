@@ -13,6 +13,11 @@ BATCH_COLOUR = "#fc8d62"
 MAX_PLOTS = 100  # charts on one page; every feature is in the table
 
 
+def _text(value: str) -> str:
+    """Text for the page: control characters (which XML cannot hold) as U+FFFD, escaped."""
+    return html.escape("".join(c if c.isprintable() or c in "\t " else "\ufffd" for c in value))
+
+
 def chart(title: str, labels: list[str], training: list[int], batch: list[int], width: int = 420) -> str:
     """An SVG bar chart: per bin, the training share and the batch share side by side."""
     t_total, b_total = sum(training) or 1, sum(batch) or 1
@@ -24,7 +29,7 @@ def chart(title: str, labels: list[str], training: list[int], batch: list[int], 
     slot = (width - left - right) / max(n, 1)
     bar = max(slot * 0.38, 1.0)
     height = head + plot_h + foot
-    e = html.escape
+    e = _text
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">',
@@ -55,7 +60,7 @@ def chart(title: str, labels: list[str], training: list[int], batch: list[int], 
 
 
 def _figure(svg: str, name: str) -> str:
-    return f'<figure class="chart" data-name="{html.escape(name)}">{svg}</figure>'
+    return f'<figure class="chart" data-name="{_text(name)}">{svg}</figure>'
 
 
 def _psi_text(f: dict[str, Any]) -> str:
@@ -73,7 +78,7 @@ def _num(x: Any) -> str:
         return "-"
     if isinstance(x, float):
         return f"{x:.4g}"
-    return f"{x:,}" if isinstance(x, int) else html.escape(str(x))
+    return f"{x:,}" if isinstance(x, int) else _text(str(x))
 
 
 def _pct(x: Any) -> str:
@@ -82,7 +87,7 @@ def _pct(x: Any) -> str:
 
 def render(report: dict[str, Any]) -> str:
     """The page of a report (report.build)."""
-    e = html.escape
+    e = _text
     job = report["job"]
     features = report.get("features", {})
     rows = []

@@ -22,6 +22,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,21 +112,28 @@ def merge_parts(profiles: Sequence[dict[str, Any] | None], parts: Sequence[Resul
 
 def merge_profile(total: Any, more: Any, key: str = "") -> Any:
     """`total` + `more`, two profiles (or parts of them) of one layout: counts add (lists
-    element by element), `min` and `max` keep the extreme, `version` must be equal. Raises
-    ValueError when the layouts differ (a profile that is not what the baseline describes)."""
-    if key == "values":  # unseen categories' texts: counts by text, None past the limit
+    element by element), `min` and `max` keep the extreme, `mean` and `m2` combine (Chan,
+    Golub and LeVeque), `version` must be equal, `values` (unseen categories' texts) add up
+    to their limit. Raises ValueError when the layouts differ or a value is not what a
+    handler sends (a count that is negative or over 2**53, a min or max that is not a finite
+    number): a profile that is not what the baseline describes is not counted."""
+    if key == "values":
         return merge_texts(total, more)
     if isinstance(total, dict) and isinstance(more, dict):
         if total.keys() != more.keys():
             raise ValueError(f"profile keys differ: {sorted(total)[:5]} and {sorted(more)[:5]}")
-        return {k: merge_profile(total[k], more[k], k) for k in total}
+        out = {k: merge_profile(total[k], more[k], k) for k in total if k not in ("mean", "m2")}
+        if "mean" in total:
+            out.update(_moments(total, more))
+        return {k: out[k] for k in total}
     if isinstance(total, list) and isinstance(more, list):
         if len(total) != len(more):
             raise ValueError(f"profile {key!r} has {len(more)} entries, not {len(total)}")
         return [merge_profile(a, b, key) for a, b in zip(total, more)]
     if key in ("min", "max"):
-        if not all(v is None or type(v) is float for v in (total, more)):
-            raise ValueError(f"profile {key!r} is not a number")
+        for v in (total, more):
+            if v is not None and not (type(v) is float and math.isfinite(v)):
+                raise ValueError(f"profile {key!r} is not a finite number")
         if total is None or more is None:
             return more if total is None else total
         return min(total, more) if key == "min" else max(total, more)
@@ -132,11 +141,29 @@ def merge_profile(total: Any, more: Any, key: str = "") -> Any:
         if total != more:
             raise ValueError(f"profile version {more!r}, not {total!r}")
         return total
-    if type(total) is int and type(more) is int and more >= 0:
-        return total + more
-    if type(total) is float and type(more) is float:
+    if type(total) is int and type(more) is int and 0 <= more <= MAX_COUNT:
         return total + more
     raise ValueError(f"profile {key!r}: {type(more).__name__} where {type(total).__name__} was expected")
+
+
+MAX_COUNT = 2**53  # rows beyond any job's: a larger count is not a handler's
+
+
+def _moments(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """The mean and m2 of two groups of present values, from each group's."""
+    for side in (a, b):
+        if not (type(side.get("mean")) is float and type(side.get("m2")) is float):
+            raise ValueError("profile 'mean' and 'm2' are not numbers")
+        if type(side.get("present")) is not int:
+            raise ValueError("profile 'present' is not a count")
+    na, nb = a["present"], b["present"]
+    if nb == 0:
+        return {"mean": a["mean"], "m2": a["m2"]}
+    if na == 0:
+        return {"mean": b["mean"], "m2": b["m2"]}
+    n = na + nb
+    delta = b["mean"] - a["mean"]
+    return {"mean": a["mean"] + delta * nb / n, "m2": a["m2"] + b["m2"] + delta * delta * na * nb / n}
 
 
 MAX_UNSEEN_VALUES = 100  # handler.profile.MAX_UNSEEN_VALUES
@@ -148,7 +175,7 @@ def merge_texts(total: Any, more: Any) -> dict[str, int] | None:
     for side in (total, more):
         if side is not None and not (
             isinstance(side, dict)
-            and all(isinstance(k, str) and type(v) is int and v > 0 for k, v in side.items())
+            and all(isinstance(k, str) and type(v) is int and 0 < v <= MAX_COUNT for k, v in side.items())
         ):
             raise ValueError("profile 'values' is not a list of texts with counts")
     if total is None or more is None:
@@ -159,42 +186,21 @@ def merge_texts(total: Any, more: Any) -> dict[str, int] | None:
     return dict(sorted(out.items())) if len(out) <= MAX_UNSEEN_VALUES else None
 
 
-def empty_profile(baseline: dict[str, Any]) -> dict[str, Any]:
-    """A profile of no rows in a baseline's layout: what a job's counts start from (a
-    handler's profile that does not merge into it is not counted)."""
-
-    def numbers(spec: dict[str, Any], missing: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"present": 0}
-        if missing:
-            out["missing"] = 0
-        out.update(below=0, above=0, sum=0.0, sumsq=0.0, min=None, max=None)
-        if spec.get("edges") is not None:
-            out["bins"] = [0] * (len(spec["edges"]) + 1)
-        return out
-
-    features: dict[str, Any] = {}
-    for name, spec in baseline["features"].items():
-        if spec["role"] == "numeric":
-            features[name] = numbers(spec, True)
-        else:
-            features[name] = {
-                "present": 0,
-                "missing": 0,
-                "unseen": 0,
-                "slots": [0] * len(spec["slots"]),
-                "values": {},
-            }
-    pred = baseline["predictions"]
-    if pred["kind"] == "classes":
-        predictions: dict[str, Any] = {"counts": [0] * len(pred["classes"])}
-    else:
-        predictions = numbers(pred, False)
-    return {"version": baseline["version"], "rows": 0, "features": features, "predictions": predictions}
+def start_profile(baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a job's counts start from: the baseline's `empty` profile (the handler's own
+    layout), checked as any answer's profile is; None when there is none to be had."""
+    if not isinstance(baseline, dict) or not isinstance(baseline.get("empty"), dict):
+        return None
+    empty = baseline["empty"]
+    try:
+        return merge_profile(empty, empty)
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
-# Error kinds kept per job; the rest are counted together (a report stays small whatever the
-# input holds).
-MAX_ERROR_KINDS = 200
+# Error kinds kept per job (the report shows the most frequent); past this many the rest are
+# counted together, so a job's counts stay small whatever the input holds.
+MAX_ERROR_KINDS = 1000
 OTHER_KINDS = "(other kinds)"
 
 
@@ -211,7 +217,12 @@ def error_kind(message: str, features: Sequence[str] = ()) -> str:
         lead = f"feature {f!r} "
         if text.startswith(lead):
             return lead + text[len(lead) :].split(": ", 1)[0][:80]
-    return text.split(": ", 1)[0][:80]
+    # "expected 6 fields, got 3 (a quoted field ...": one kind whatever the count
+    kind = text.split(": ", 1)[0].split(" (", 1)[0]
+    return _GOT.sub("", kind)[:80]
+
+
+_GOT = re.compile(r", got \d[\d,]*$")
 
 
 def count_kinds(total: dict[str, int], errors: Any, features: Sequence[str] = ()) -> dict[str, int]:

@@ -69,7 +69,7 @@ class LocalEngine:
             return self.columns
         from ..results import BATCH_TYPE, takes_profile
 
-        if self.profile and takes_profile(self.model):
+        if takes_profile(self.model):  # the baseline always (it names the model)
             answer = respond(header + b"\n", 1, accept=BATCH_TYPE, profile="baseline")
         else:
             answer = respond(header + b"\n", 1, accept=BATCH_TYPE)

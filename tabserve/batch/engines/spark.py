@@ -91,6 +91,7 @@ def run_job(config: ScoreConfig) -> ScoreResult:
         report=job.report,
         report_paths=job.report_paths,
         fail_on_drift=config.fail_on_drift,
+        report_problem=job.report_problem,
     )
 
 

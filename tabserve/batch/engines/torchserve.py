@@ -202,7 +202,7 @@ class TorchServeEngine:
             FIRST_ROW_HEADER: str(first_row),
             CSV_HEADER_HEADER: "present",
         }
-        if self.profile:
+        if self.profile or profile == "baseline":  # the baseline always (it names the model)
             h[PROFILE_HEADER] = profile
         if self._token:
             h["Authorization"] = f"Bearer {self._token}"
