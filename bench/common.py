@@ -19,8 +19,8 @@ FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 
 
 def ensure_model(store: Path = ROOT / "model_store", artifacts: Path = ROOT / "artifacts" / "iris") -> Path:
-    """The Iris model archive, trained and archived with the defaults if missing or made by
-    a tabserve without the drift report (no handler profile, no training bins)."""
+    """The Iris model archive, trained and archived with the defaults if missing, or made from
+    another handler than this source tree's, or without training bins."""
     if not (store / "iris.mar").exists() or not _has_baseline(store / "iris.mar"):
         tabserve = [sys.executable, "-m", "tabserve"]
         subprocess.run([*tabserve, "train", "--out", str(artifacts)], check=True)
@@ -31,14 +31,19 @@ def ensure_model(store: Path = ROOT / "model_store", artifacts: Path = ROOT / "a
 
 
 def _has_baseline(mar: Path) -> bool:
+    """Whether the archive holds this source tree's handler and a schema with training bins."""
     import json
     import zipfile
 
     with zipfile.ZipFile(mar) as z:
         names = set(z.namelist())
         schema = json.loads(z.read("schema.json"))
+        for source in (ROOT / "handler").glob("*.py"):
+            name = f"tabserve_handler/{source.name}"
+            if name not in names or z.read(name) != source.read_bytes():
+                return False
     stats = schema.get("feature_stats", {})
-    return "tabserve_handler/profile.py" in names and all("bins" in s for s in stats.values())
+    return all("bins" in s for s in stats.values())
 
 
 def iris_like_csv(path: Path, rows: int, seed: int = 0) -> Path:

@@ -169,10 +169,14 @@ class Profiler:
             else np.array([e is None for e in errors], dtype=bool)
         )
         features: dict[str, Any] = {}
+        every = bool(ok.all())
         for j, name, o, edges, lo, hi in self._numeric:
-            gone = ok & missing[:, j] if missing is not None else None
-            x = values[ok & ~missing[:, j], o] if missing is not None else values[ok, o]
-            features[name] = _numbers(x, edges, lo, hi, 0 if gone is None else int(gone.sum()))
+            if missing is not None:
+                gone = int((ok & missing[:, j]).sum())
+                x = values[ok & ~missing[:, j], o]
+            else:  # the common case: a column of the rows as they are, when all were predicted
+                gone, x = 0, values[:, o] if every else values[ok, o]
+            features[name] = _numbers(x, edges, lo, hi, gone)
         for j, name, o, width in self._categorical:
             if missing is not None:
                 gone = ok & missing[:, j]
