@@ -108,18 +108,23 @@ def _kl(a: float, p: float) -> float:
     return out
 
 
-def excess(k: int, n: int, p: float) -> str | None:
-    """The level of `k` of `n` values having a property that data like the training data has
-    with probability `p`: "none" unless the share is EXCESS_MODERATE over p and chance gives
-    it less than SIGNIFICANCE of the time (Chernoff's bound on the binomial tail:
-    exp(-n KL(k/n || p))); None without rows."""
-    if n == 0:
+def excess(k: int, n: int, t: float, m: int) -> str | None:
+    """The level of `k` of `n` batch values having a property that `t` of `m` training values
+    had (an estimate: t need not be whole): "none" unless the batch's share is EXCESS_MODERATE
+    over training's and chance gives it less than SIGNIFICANCE of the time even if the property's
+    true rate were as high as training's rate allows (Wilson's upper bound on t/m at
+    SIGNIFICANCE; then Chernoff's bound on the binomial tail, exp(-n KL(k/n || rate))). None
+    without rows on either side. The training side's own uncertainty matters: a training
+    range of 120 values can be narrow by chance."""
+    if n == 0 or m == 0:
         return None
-    share = k / n
-    p = min(max(p, 1e-12), 1 - 1e-12)
-    if share - p < EXCESS_MODERATE or n * _kl(share, p) < math.log(1 / SIGNIFICANCE):
+    share, rate = k / n, t / m
+    z2 = _Z * _Z
+    upper = (rate + z2 / (2 * m) + _Z * math.sqrt(rate * (1 - rate) / m + z2 / (4 * m * m))) / (1 + z2 / m)
+    upper = min(max(upper, 1e-12), 1 - 1e-12)
+    if share - rate < EXCESS_MODERATE or share <= upper or n * _kl(share, upper) < math.log(1 / SIGNIFICANCE):
         return "none"
-    return "high" if share - p >= EXCESS_HIGH else "moderate"
+    return "high" if share - rate >= EXCESS_HIGH else "moderate"
 
 
 def worst(levels: Any) -> str | None:
@@ -228,7 +233,7 @@ def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[st
     # A new value from the training distribution falls outside its n values' range with
     # probability 2 / (n + 1).
     outside = counts["below"] + counts["above"]
-    range_level = excess(outside, present, 2 / (t_present + 1)) if t_present else None
+    range_level = excess(outside, present, 2 * t_present / (t_present + 1), t_present) if t_present else None
     _flags(out, range=range_level, missing=_missing_level(missing, out["rows"], t_missing, t_present))
     return out
 
@@ -237,7 +242,7 @@ def _missing_level(missing: int, rows: int, t_missing: int, t_present: int) -> s
     """More missing values than training had (Laplace's estimate of its missing share)."""
     if not t_present and not t_missing:
         return None
-    return excess(missing, rows, (t_missing + 1) / (t_missing + t_present + 2))
+    return excess(missing, rows, t_missing + 1, t_missing + t_present + 2)
 
 
 def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +266,10 @@ def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dic
     # a category once (Good and Turing), plus one.
     unseen_level = None
     if t_present:
-        unseen_level = excess(counts["unseen"], present, (train.get("singletons", 0) + 1) / (t_present + 1))
+        singles = train.get("singletons", 0)
+        unseen_level = excess(
+            counts["unseen"], present, (singles + 1) * t_present / (t_present + 1), t_present
+        )
     _flags(out, unseen=unseen_level, missing=_missing_level(missing, out["rows"], t_missing, t_present))
     return out
 
