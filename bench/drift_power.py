@@ -13,8 +13,11 @@ import argparse
 
 import numpy as np
 
-from tabserve.batch.report import excess, level, psi, worst
+from tabserve.batch.report import SIGNIFICANCE, excess, level, psi, worst
 from tabserve.train.export import bins
+
+# Each check as a report of a 4-feature model makes it (Iris: 4 features and the predictions).
+ALPHA = SIGNIFICANCE / 5
 
 
 def trial(rng: np.random.Generator, n_train: int, n: int, shift: float) -> tuple[float, bool]:
@@ -27,7 +30,10 @@ def trial(rng: np.random.Generator, n_train: int, n: int, shift: float) -> tuple
     counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1).tolist()
     value, used = psi([*counts, 0], [*baseline["counts"], 0])  # and the (empty) missing bin
     outside = int(((x < train.min()) | (x > train.max())).sum())
-    levels = (level(value, n, n_train, used), excess(outside, n, 2 * n_train / (n_train + 1), n_train))
+    levels = (
+        level(value, n, n_train, used, ALPHA),
+        excess(outside, n, 2 * n_train / (n_train + 1), n_train, ALPHA),
+    )
     return value, worst(levels) not in ("none", None)
 
 

@@ -668,3 +668,41 @@ def test_a_header_with_a_bare_carriage_return_is_one_error_line(tmp_path, model_
     assert err.startswith("Error: the input's header line cannot be read as CSV") and err.count("\n") == 1
     assert "CR-only line ends are not supported" in err
     assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3, 0.9])
+def test_ctrl_c_to_the_process_group_stops_a_local_engine_job_and_resume_finishes_it(
+    tmp_path, model_store, delay
+):
+    """Ctrl-C in a terminal reaches every process of the job: the scorer and its local
+    workers. The workers ignore it (the scorer stops them), so the job ends at once with its
+    resume line, whatever the workers were doing (one interrupted while it sent an answer
+    back used to leave the job hung), and --resume completes it."""
+    inp, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    write_input(inp, [good(i) for i in range(600_000)])
+    cmd = [sys.executable, "-m", "tabserve", "score", str(inp), "-o", str(out), "--engine", "local"]
+    cmd += ["--model-store", str(model_store), "--chunk-rows", "500", "--concurrency", "2"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not Path(f"{out}.part.json").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(delay)
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGINT)
+    try:
+        printed, err = job.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.communicate()
+        pytest.fail("the job did not end within 60 s of Ctrl-C")
+    text = err.decode()
+    if b"scored 600,000 rows" in printed:  # it finished before the signal: nothing to resume
+        return
+    assert job.returncode == 1 and "Error: interrupted" in text and "--resume" in text, (
+        job.returncode,
+        text[-2000:],
+    )
+    assert "Traceback" not in text, text[-3000:]
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert out.read_bytes().count(b"\n") == 600_001

@@ -39,8 +39,10 @@ from typing import Any
 REPORT_VERSION = 1
 PSI_MODERATE = 0.1
 PSI_HIGH = 0.25
+# The chance of a false flag in a report of data like the training data: each check is made
+# at SIGNIFICANCE / (features + 1) (Bonferroni over the features and the predictions), so that
+# a 30-feature model is not flagged more often than a 4-feature one.
 SIGNIFICANCE = 0.001
-_Z = 3.090232306167813  # the standard normal's 1 - SIGNIFICANCE quantile
 SMOOTHING = 0.5  # rows added to every bin of both sides
 SHOWN_KINDS = 50  # kinds of row errors in a report, the most frequent; the rest summed
 OTHER_KINDS = "(other kinds)"  # results.OTHER_KINDS
@@ -72,27 +74,36 @@ def psi(batch: list[int], training: list[int]) -> tuple[float, int]:
     return total, len(pairs)
 
 
-def chance_limit(bins: int) -> float:
+def _z(alpha: float) -> float:
+    """The standard normal's 1 - alpha quantile."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - alpha)
+
+
+def chance_limit(bins: int, alpha: float = SIGNIFICANCE) -> float:
     """The chi-squared value with bins - 1 degrees of freedom exceeded by chance with
-    probability SIGNIFICANCE (Wilson and Hilferty's approximation, within 1% here)."""
+    probability alpha (Wilson and Hilferty's approximation, within 1% here)."""
     k = max(bins - 1, 1)
-    return k * (1 - 2 / (9 * k) + _Z * math.sqrt(2 / (9 * k))) ** 3
+    return k * (1 - 2 / (9 * k) + _z(alpha) * math.sqrt(2 / (9 * k))) ** 3
 
 
-def flagged_from(rows: int, training_rows: int, bins: int) -> float | None:
+def flagged_from(rows: int, training_rows: int, bins: int, alpha: float = SIGNIFICANCE) -> float | None:
     """The smallest PSI flagged for these row counts: PSI_MODERATE, or more where chance alone
     gives a larger one (None when either side has no rows)."""
     if rows == 0 or training_rows == 0:
         return None
     n = 1 / (1 / rows + 1 / training_rows)
-    return max(PSI_MODERATE, chance_limit(bins) / n)
+    return max(PSI_MODERATE, chance_limit(bins, alpha) / n)
 
 
-def level(value: float | None, rows: int, training_rows: int, bins: int) -> str | None:
+def level(
+    value: float | None, rows: int, training_rows: int, bins: int, alpha: float = SIGNIFICANCE
+) -> str | None:
     """ "high", "moderate", "none", or None when there is no PSI."""
     if value is None:
         return None
-    least = flagged_from(rows, training_rows, bins)
+    least = flagged_from(rows, training_rows, bins, alpha)
     if least is None or value < least:
         return "none"
     return "high" if value >= PSI_HIGH else "moderate"
@@ -108,7 +119,7 @@ def _kl(a: float, p: float) -> float:
     return out
 
 
-def excess(k: int, n: int, t: float, m: int) -> str | None:
+def excess(k: int, n: int, t: float, m: int, alpha: float = SIGNIFICANCE) -> str | None:
     """The level of `k` of `n` batch values having a property that `t` of `m` training values
     had (an estimate: t need not be whole): "none" unless the batch's share is EXCESS_MODERATE
     over training's and chance gives it less than SIGNIFICANCE of the time even if the property's
@@ -119,10 +130,11 @@ def excess(k: int, n: int, t: float, m: int) -> str | None:
     if n == 0 or m == 0:
         return None
     share, rate = k / n, t / m
-    z2 = _Z * _Z
-    upper = (rate + z2 / (2 * m) + _Z * math.sqrt(rate * (1 - rate) / m + z2 / (4 * m * m))) / (1 + z2 / m)
+    z = _z(alpha)
+    z2 = z * z
+    upper = (rate + z2 / (2 * m) + z * math.sqrt(rate * (1 - rate) / m + z2 / (4 * m * m))) / (1 + z2 / m)
     upper = min(max(upper, 1e-12), 1 - 1e-12)
-    if share - rate < EXCESS_MODERATE or share <= upper or n * _kl(share, upper) < math.log(1 / SIGNIFICANCE):
+    if share - rate < EXCESS_MODERATE or share <= upper or n * _kl(share, upper) < math.log(1 / alpha):
         return "none"
     return "high" if share - rate >= EXCESS_HIGH else "moderate"
 
@@ -151,7 +163,9 @@ def _moments(counts: dict[str, Any]) -> tuple[float | None, float | None]:
     return _round(counts["mean"]), _round(math.sqrt(max(counts["m2"], 0.0) / n))
 
 
-def _compare(batch_bins: list[int] | None, train_bins: list[int] | None, labels: list[str]) -> dict[str, Any]:
+def _compare(
+    batch_bins: list[int] | None, train_bins: list[int] | None, labels: list[str], alpha: float = SIGNIFICANCE
+) -> dict[str, Any]:
     """PSI, its level and the smallest PSI flagged at these row counts, and the bins; PSI
     None without training bins or without a row in the batch (nothing to compare)."""
     if batch_bins is None or train_bins is None or not sum(batch_bins):
@@ -160,10 +174,10 @@ def _compare(batch_bins: list[int] | None, train_bins: list[int] | None, labels:
             bins = {"labels": labels, "training": list(train_bins), "batch": list(batch_bins)}
         return {"psi": None, "psi_level": None, "psi_flagged_from": None, "bins": bins}
     value, used = psi(batch_bins, train_bins)
-    least = flagged_from(sum(batch_bins), sum(train_bins), used)
+    least = flagged_from(sum(batch_bins), sum(train_bins), used, alpha)
     return {
         "psi": round(value, 4),
-        "psi_level": level(value, sum(batch_bins), sum(train_bins), used),
+        "psi_level": level(value, sum(batch_bins), sum(train_bins), used, alpha),
         "psi_flagged_from": None if least is None else round(least, 4),
         "bins": {"labels": labels, "training": list(train_bins), "batch": list(batch_bins)},
     }
@@ -202,7 +216,7 @@ def _rows(
     }
 
 
-def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any], alpha: float) -> dict[str, Any]:
     train = spec["train"]
     present, missing = counts["present"], counts.get("missing", 0)
     t_missing = train.get("missing", 0)
@@ -226,26 +240,28 @@ def _numeric(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[st
     out["mean_shift_in_training_stds"] = shift
     if "bins" in counts and "bins" in train:
         labels = [*_edge_labels(spec["edges"]), "missing"]
-        out.update(_compare([*counts["bins"], missing], [*train["bins"], t_missing], labels))
+        out.update(_compare([*counts["bins"], missing], [*train["bins"], t_missing], labels, alpha))
     else:
         out.update(_compare(None, None, []))
     t_present = sum(train["bins"]) if "bins" in train else 0
     # A new value from the training distribution falls outside its n values' range with
     # probability 2 / (n + 1).
     outside = counts["below"] + counts["above"]
-    range_level = excess(outside, present, 2 * t_present / (t_present + 1), t_present) if t_present else None
-    _flags(out, range=range_level, missing=_missing_level(missing, out["rows"], t_missing, t_present))
+    range_level = (
+        excess(outside, present, 2 * t_present / (t_present + 1), t_present, alpha) if t_present else None
+    )
+    _flags(out, range=range_level, missing=_missing_level(missing, out["rows"], t_missing, t_present, alpha))
     return out
 
 
-def _missing_level(missing: int, rows: int, t_missing: int, t_present: int) -> str | None:
+def _missing_level(missing: int, rows: int, t_missing: int, t_present: int, alpha: float) -> str | None:
     """More missing values than training had (Laplace's estimate of its missing share)."""
     if not t_present and not t_missing:
         return None
-    return excess(missing, rows, t_missing + 1, t_missing + t_present + 2)
+    return excess(missing, rows, t_missing + 1, t_missing + t_present + 2, alpha)
 
 
-def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any], alpha: float) -> dict[str, Any]:
     train = spec["train"]
     present, missing = counts["present"], counts["missing"]
     t_slots = train.get("slots")
@@ -258,7 +274,7 @@ def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dic
     }
     labels = [*spec["slots"], "missing"]
     if t_slots is not None:
-        out.update(_compare([*counts["slots"], missing], [*t_slots, t_missing], labels))
+        out.update(_compare([*counts["slots"], missing], [*t_slots, t_missing], labels, alpha))
     else:
         out.update(_compare(None, None, []))
     t_present = sum(t_slots) if t_slots is not None else 0
@@ -267,21 +283,22 @@ def _categorical(name: str, spec: dict[str, Any], counts: dict[str, Any]) -> dic
     unseen_level = None
     if t_present:
         singles = train.get("singletons", 0)
-        unseen_level = excess(
-            counts["unseen"], present, (singles + 1) * t_present / (t_present + 1), t_present
-        )
-    _flags(out, unseen=unseen_level, missing=_missing_level(missing, out["rows"], t_missing, t_present))
+        rate = (singles + 1) * t_present / (t_present + 1)
+        unseen_level = excess(counts["unseen"], present, rate, t_present, alpha)
+    _flags(
+        out, unseen=unseen_level, missing=_missing_level(missing, out["rows"], t_missing, t_present, alpha)
+    )
     return out
 
 
-def _predictions(spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+def _predictions(spec: dict[str, Any], counts: dict[str, Any], alpha: float) -> dict[str, Any]:
     train = spec["train"]
     if spec["kind"] == "classes":
         out: dict[str, Any] = {"kind": "classes", "counts": dict(zip(spec["classes"], counts["counts"]))}
         t = train.get("counts")
         if t is not None:
             out["training_counts"] = dict(zip(spec["classes"], t))
-        out.update(_compare(counts["counts"], t, list(spec["classes"])))
+        out.update(_compare(counts["counts"], t, list(spec["classes"]), alpha))
         out["level"] = out["psi_level"]
         return out
     mean, std = _moments(counts)
@@ -297,7 +314,7 @@ def _predictions(spec: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]
         "training": _training(train),
     }
     if "bins" in counts and "bins" in train:
-        out.update(_compare(counts["bins"], train["bins"], _edge_labels(spec["edges"])))
+        out.update(_compare(counts["bins"], train["bins"], _edge_labels(spec["edges"]), alpha))
     else:
         out.update(_compare(None, None, []))
     out["level"] = out["psi_level"]
@@ -360,13 +377,15 @@ def build(
         )
     if profile["rows"] == 0:
         report["lacks"].append("scored rows: no row was predicted, so nothing was compared")
+    alpha = SIGNIFICANCE / (len(baseline["features"]) + 1)  # Bonferroni: see SIGNIFICANCE
+    report["thresholds"]["per_check"] = alpha
     for name, spec in baseline["features"].items():
         counts = profile["features"][name]
         if spec["role"] == "numeric":
-            report["features"][name] = _numeric(name, spec, counts)
+            report["features"][name] = _numeric(name, spec, counts, alpha)
         else:
-            report["features"][name] = _categorical(name, spec, counts)
-    report["predictions"] = _predictions(baseline["predictions"], profile["predictions"])
+            report["features"][name] = _categorical(name, spec, counts, alpha)
+    report["predictions"] = _predictions(baseline["predictions"], profile["predictions"], alpha)
     report["drifted"] = [n for n, f in report["features"].items() if f["level"] in ("moderate", "high")]
     return report
 

@@ -1,7 +1,7 @@
 """OUTPUT.report.html: the drift report as one self-contained page (no script, no network):
 a table of the features, the row errors by kind, and per feature a small bar chart of the
 training and batch shares of each bin side by side, drifted features first. The charts are
-SVG images inside the page (data: URLs), drawn here: no plotting library."""
+SVG drawn here (no plotting library), inline in the page, so a bar's tooltip gives its share."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def render(report: dict[str, Any]) -> str:
             top = sorted((listed or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
             unseen = _pct(f["unseen_share"]) + "".join(f"<br>{e(k)}: {v:,}" for k, v in top)
         rows.append(
-            f'<tr class="{e(level)}"><td>{e(name)}</td><td>{f["role"]}</td><td>{_num(f["rows"])}</td>'
+            f'<tr class="{e(level)}"><td>{e(name)}</td><td>{e(str(f["role"]))}</td><td>{_num(f["rows"])}</td>'
             f"<td>{_pct(f['missing_share'])} ({_pct(f.get('training_missing_share'))})</td>"
             f"<td>{_pct(f['below_min_share']) if numeric else '-'}</td>"
             f"<td>{_pct(f['above_max_share']) if numeric else '-'}</td>"

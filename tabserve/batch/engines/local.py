@@ -136,8 +136,14 @@ _worker: LocalEngine | None = None
 
 def _start_worker(mar: str) -> None:
     global _worker
+    import signal
     from multiprocessing.util import Finalize
 
+    # Ctrl-C reaches the terminal's whole process group, and a forked worker inherits the
+    # CLI's handler, which raises KeyboardInterrupt: in a worker sending back its answer that
+    # left the pool (and the job) hung. The scorer stops the pool; a worker only ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     _worker = LocalEngine(Path(mar))
     # Pool workers leave through multiprocessing's exit path, which runs finalizers (not
