@@ -34,6 +34,7 @@ from tabserve.train.data import load_builtin, load_csv
 from tabserve.train.export import export
 from tabserve.train.fit import fit
 
+from .test_batch_io import StopAfter
 from .test_fuzz import json_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -569,40 +570,6 @@ def test_a_report_that_cannot_be_written_is_a_warning_and_the_output_is_committe
     assert f"report: warning: the drift report could not be written beside {out}: " in printed
 
 
-class _Stop:
-    """A real engine that is interrupted (Ctrl-C) once rows from `row` on are sent."""
-
-    def __init__(self, engine, row: int) -> None:
-        self.engine, self.row, self.columns = engine, row, []
-
-    @property
-    def profile(self) -> bool:  # the drift report's counts: the real engine's
-        return self.engine.profile
-
-    @profile.setter
-    def profile(self, value: bool) -> None:
-        self.engine.profile = value
-
-    @property
-    def baseline(self):
-        return self.engine.baseline
-
-    def probe(self, header: bytes) -> list[str]:
-        self.columns = self.engine.probe(header)
-        return self.columns
-
-    def score(self, body, n, first_row, retries=None):
-        if first_row >= self.row:
-            raise KeyboardInterrupt
-        return self.engine.score(body, n, first_row, retries)
-
-    def alive(self, header: bytes) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
 def test_resume_refuses_another_model_and_goes_on_with_the_same(iris_csv, model_store, tmp_path):
     """The checkpoint names the model (its baseline's digest): a job resumed with another
     model would write two models' predictions into one output, and add up counts that do
@@ -613,7 +580,10 @@ def test_resume_refuses_another_model_and_goes_on_with_the_same(iris_csv, model_
         from tabserve.scorer import JobFailed
 
         with pytest.raises(JobFailed, match="--resume"):
-            score(ScoreConfig(str(iris_csv), str(out), chunk_rows=16, concurrency=1), engine=_Stop(inner, 50))
+            score(
+                ScoreConfig(str(iris_csv), str(out), chunk_rows=16, concurrency=1),
+                engine=StopAfter(inner, 50),
+            )
     finally:
         inner.close()
     other = tmp_path / "other"
