@@ -1,7 +1,8 @@
 """Where a batch job's CPU goes, stage by stage, on one core: the scorer's own stages (read,
-build request bodies, render the output text, write) and the handler's (decode, model,
-batch answer), in microseconds per row, each measured alone over the same Iris rows. The
-floor under `tabserve score`'s CPU per million rows is the sum of the scorer's stages.
+build request bodies, render the output text, write) and the handler's (decode, model, the
+drift report's counts, batch answer), in microseconds per row, each measured alone over the
+same Iris rows. The floor under `tabserve score`'s CPU per million rows is the sum of the
+scorer's stages.
 
     .venv/bin/python bench/stages.py [--rows 200000] [--chunk-rows 5000]
 """
@@ -58,6 +59,7 @@ def main() -> None:
     predictor = engine.handler.predictor
     decoded = [_decode(engine, body, b.first_row) for body, b in zip(bodies, batches)]
     answers = [to_batch(r.values, [None] * len(r), predictor.classes) for r in results]
+    predicted = [predictor.predict_rows(r) for r in decoded]
 
     def numbers_only():
         for r in results:
@@ -98,8 +100,16 @@ def main() -> None:
             per_row(lambda: [to_batch(r.values, [None] * len(r), predictor.classes) for r in results], n),
         ),
         (
+            "the drift report's counts (handler.profile)",
+            per_row(lambda: [_profile(engine, d, p) for d, p in zip(decoded, predicted)], n),
+        ),
+        (
             "the whole handler call (LocalModel.respond)",
             per_row(lambda: [engine.score(body, b.n, b.first_row) for body, b in zip(bodies, batches)], n),
+        ),
+        (
+            "  the same with the report's counts",
+            per_row(lambda: _scored_with_counts(engine, bodies, batches), n),
         ),
     ]
     rows = [[name, f"{us:.2f}"] for name, us in scorer]
@@ -111,6 +121,22 @@ def main() -> None:
     print(md)
     (OUT / "stages.md").write_text(md)
     engine.close()
+
+
+def _profile(engine, rows, predicted):
+    """The handler's counts of one decoded, predicted body, as its batch answer makes them."""
+    probs, errors = predicted
+    return engine.handler.profiler.profile(
+        rows.values, errors, probs, rows.missing, rows.new, rows.new_values
+    )
+
+
+def _scored_with_counts(engine, bodies, batches) -> list:
+    engine.profile = True
+    try:
+        return [engine.score(body, b.n, b.first_row) for body, b in zip(bodies, batches)]
+    finally:
+        engine.profile = False
 
 
 def _decode(engine, body: bytes, first_row: int):

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .results import OTHER_KINDS
+
 REPORT_VERSION = 1
 PSI_MODERATE = 0.1
 PSI_HIGH = 0.25
@@ -45,7 +47,6 @@ PSI_HIGH = 0.25
 SIGNIFICANCE = 0.001
 SMOOTHING = 0.5  # rows added to every bin of both sides
 SHOWN_KINDS = 50  # kinds of row errors in a report, the most frequent; the rest summed
-OTHER_KINDS = "(other kinds)"  # results.OTHER_KINDS
 # Exit code of `tabserve score --fail-on-drift` when a feature or the predictions drifted.
 DRIFT_EXIT = 3
 DIGITS = 6  # significant digits of means and spreads (sums of floats: the last bits depend on

@@ -226,13 +226,17 @@ _GOT = re.compile(r", got \d[\d,]*$")
 
 
 def count_kinds(total: dict[str, int], errors: Any, features: Sequence[str] = ()) -> dict[str, int]:
-    """Add the kinds of `errors` (messages) into `total`, at most MAX_ERROR_KINDS of them."""
+    """Add the kinds of `errors` (messages) into `total` (add_kind)."""
     for message in errors:
-        kind = error_kind(message, features)
-        if kind not in total and len(total) >= MAX_ERROR_KINDS:
-            kind = OTHER_KINDS
-        total[kind] = total.get(kind, 0) + 1
+        add_kind(total, error_kind(message, features), 1)
     return total
+
+
+def add_kind(total: dict[str, int], kind: str, n: int) -> None:
+    """Add n rows of a kind into `total`: at most MAX_ERROR_KINDS kinds, the rest OTHER_KINDS."""
+    if kind not in total and len(total) >= MAX_ERROR_KINDS:
+        kind = OTHER_KINDS
+    total[kind] = total.get(kind, 0) + n
 
 
 def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:

@@ -288,9 +288,7 @@ class ReportParam:
     def addInPlace(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:  # Spark's name
         a["unprofiled"] += b["unprofiled"]
         for k, v in b["error_kinds"].items():
-            if k not in a["error_kinds"] and len(a["error_kinds"]) >= R.MAX_ERROR_KINDS:
-                k = R.OTHER_KINDS
-            a["error_kinds"][k] = a["error_kinds"].get(k, 0) + v
+            R.add_kind(a["error_kinds"], k, v)
         more = b["profile"]
         if more is None:
             return a

@@ -37,8 +37,8 @@ class LocalEngine:
     (tabserve-local-PID-...), removed by close() or, if the process dies first, by the next
     run's remove_stale_local_dirs()."""
 
-    def __init__(self, mar: Path, gpu_id: int | None = None, profile: bool = False) -> None:
-        self.profile = profile  # ask for the drift report's counts (handler/profile.py)
+    def __init__(self, mar: Path, gpu_id: int | None = None) -> None:
+        self.profile = False  # ask for the drift report's counts (handler/profile.py)
         self.baseline: dict | None = None  # the report's baseline, from probe()
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-"))
         try:
@@ -183,10 +183,10 @@ class LocalPoolEngine:
     """LocalEngine in `processes` worker processes. A pool whose worker died (killed, out of
     memory) is replaced, and the batches it had fail with ServerError."""
 
-    def __init__(self, mar: Path, processes: int, profile: bool = False) -> None:
+    def __init__(self, mar: Path, processes: int) -> None:
         self.mar = mar
         self.processes = processes
-        self.profile = profile
+        self.profile = False  # ask for the drift report's counts (the scorer sets it)
         self.baseline: dict | None = None
         self.columns: list[str] = []
         self._lock = threading.Lock()
